@@ -1,0 +1,43 @@
+# The course's two commands: `make lab` (set up, open the course) and `make test` (set up, run every check).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+JOBS ?= 2
+
+.PHONY: lab test quick setup lint clean exercises
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Opens JupyterLab on the first chapter; with no display it prints the URL to open instead.
+lab: setup
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then browser=; else browser=--no-browser; fi; \
+	$(VENV)/bin/jupyter lab $$browser notebooks/00_start_here.ipynb
+
+lint: setup
+	$(VENV)/bin/ruff check minimoe tests notebooks solutions exercises
+	$(PY) -m minimoe.course.notebooks check-clean notebooks solutions exercises
+
+# Every check: lint, stripped notebooks, unit + parity tests, notebooks via nbval, grading, browser.
+test: lint
+	$(PY) -m pytest -n $(JOBS) --dist loadfile tests
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -p no:randomly --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=600 notebooks solutions exercises
+
+# The inner loop: unit tests only, no notebooks, no parity, no browser.
+quick: setup
+	$(PY) -m pytest -n $(JOBS) -m "not slow and not browser" tests
+
+# Rewrite exercises/ from solutions/ (a test fails when they are stale).
+exercises: setup
+	$(PY) -m minimoe.course.notebooks generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

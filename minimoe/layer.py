@@ -1,0 +1,116 @@
+"""The MoE layer: router -> gating convention -> capacity + drops -> experts -> losses + statistics.
+
+    y, result = MoELayer(cfg, experts_fn=loop_moe)(x)
+
+The experts implementation is an explicit argument (any function with the signature of
+`minimoe.reference_moe`); nothing is switched by a flag at a distance. The losses and statistics
+come back in `result`; the caller decides what to add to its training loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from minimoe.capacity import assign_slots, expert_capacity, renormalize_survivors
+from minimoe.config import MoEConfig
+from minimoe.experts import Experts, ExpertsFn
+from minimoe.loop import loop_moe
+from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
+from minimoe.metrics import RoutingStats, routing_stats
+from minimoe.router import Router
+from minimoe.routing import Routing, route
+
+
+@dataclass
+class MoEResult:
+    """What one forward pass of `MoELayer` returns beside its output.
+
+    Attributes:
+        aux_loss: the config's load-balancing loss (0 if aux_loss="none"), differentiable.
+        z_loss: the router z-loss, differentiable.
+        routing: the `Routing` (experts, gates after drops, probs, logits).
+        keep_TK: which slots survived the capacity limit.
+        capacity: C per expert per group (None when dropless).
+        stats: `RoutingStats` of this pass.
+    """
+
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    routing: Routing
+    keep_TK: torch.Tensor
+    capacity: int | None
+    stats: RoutingStats
+
+
+class MoELayer(nn.Module):
+    """A sparse MoE feed-forward layer.
+
+    Args:
+        cfg: the `MoEConfig`.
+        experts_fn: the experts implementation (default: the loop over experts).
+    """
+
+    def __init__(self, cfg: MoEConfig, experts_fn: ExpertsFn = loop_moe) -> None:
+        super().__init__()
+        if not isinstance(cfg, MoEConfig):
+            raise TypeError(f"cfg must be a MoEConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.experts_fn = experts_fn
+        self.router = Router(
+            cfg.d_model,
+            cfg.n_experts,
+            noise=cfg.noise,
+            jitter_eps=cfg.jitter_eps,
+            selection_bias=cfg.gating == "deepseek_v3",
+        )
+        self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.d_ff, cfg.activation)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEResult]:
+        """x: (..., D), e.g. (B, S, D) or (T, D). Returns (y with x's shape, MoEResult)."""
+        cfg = self.cfg
+        if x.dim() < 1 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"x must end in d_model={cfg.d_model}, got shape {tuple(x.shape)}")
+        if x.dtype != self.experts.w1_EFD.dtype:
+            raise TypeError(f"x is {x.dtype} but the layer is {self.experts.w1_EFD.dtype}")
+        x_TD = x.reshape(-1, cfg.d_model)
+        T = x_TD.shape[0]
+        logits_TE, select_noise_TE = self.router(x_TD)
+        routing = route(
+            logits_TE,
+            cfg.top_k,
+            cfg.gating,
+            select_noise_TE=select_noise_TE,
+            bias_E=self.router.bias_E,
+            n_groups=cfg.n_groups,
+            topk_groups=cfg.topk_groups,
+            routed_scaling_factor=cfg.routed_scaling_factor,
+        )
+        group = cfg.group_size if cfg.group_size is not None else T
+        capacity = expert_capacity(
+            group, cfg.n_experts, cfg.top_k, cfg.capacity_formula, cfg.capacity_factor,
+            cfg.min_capacity, cfg.expert_capacity,
+        )
+        keep_TK, _ = assign_slots(
+            routing.expert_TK, routing.gate_TK, cfg.n_experts, capacity, cfg.drop_policy,
+            group_size=cfg.group_size, generator=self.generator,
+        )
+        gate_TK = routing.gate_TK * keep_TK
+        if cfg.renormalize_after_drop:
+            gate_TK = renormalize_survivors(routing.gate_TK, keep_TK)
+        routing.gate_TK = gate_TK
+        y_TD = self.experts_fn(x_TD, routing.expert_TK, gate_TK, self.experts.params, keep_TK)
+        if cfg.aux_loss == "switch":
+            aux = load_balancing_loss(routing.probs_TE, routing.expert_TK)
+        elif cfg.aux_loss == "mixtral":
+            aux = mixtral_load_balancing_loss(routing.probs_TE, routing.expert_TK)
+        else:
+            aux = logits_TE.new_zeros(())
+        stats = routing_stats(
+            routing.expert_TK, cfg.n_experts, keep_TK=keep_TK, probs_TE=routing.probs_TE
+        )
+        result = MoEResult(aux, z_loss(logits_TE), routing, keep_TK, capacity, stats)
+        return y_TD.view(x.shape), result
