@@ -108,15 +108,21 @@ def validate_experts_inputs(
         raise TypeError(f"gate_TK must be floating point, got {gate_TK.dtype}")
     if keep_TK is not None and (keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool):
         raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
-    weights = [params.w1_EFD, params.w2_EDF] + ([params.w3_EFD] if params.w3_EFD is not None else [])
+    weights = [params.w1_EFD, params.w2_EDF] + (
+        [params.w3_EFD] if params.w3_EFD is not None else []
+    )
     for w in weights:
         if w.dtype != x_TD.dtype:
             raise TypeError(f"x_TD is {x_TD.dtype} but an expert weight is {w.dtype}; cast one")
     tensors = [x_TD, expert_TK, gate_TK, *weights] + ([keep_TK] if keep_TK is not None else [])
     if len({t.device for t in tensors}) > 1:
-        raise ValueError(f"inputs are on different devices: {sorted({str(t.device) for t in tensors})}")
+        raise ValueError(
+            f"inputs are on different devices: {sorted({str(t.device) for t in tensors})}"
+        )
     if expert_TK.numel() and (int(expert_TK.min()) < 0 or int(expert_TK.max()) >= E):
-        raise ValueError(f"expert ids must be in [0, {E}), got [{int(expert_TK.min())}, {int(expert_TK.max())}]")
+        raise ValueError(
+            f"expert ids must be in [0, {E}), got [{int(expert_TK.min())}, {int(expert_TK.max())}]"
+        )
 
 
 class Experts(nn.Module):

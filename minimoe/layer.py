@@ -91,12 +91,22 @@ class MoELayer(nn.Module):
         )
         group = cfg.group_size if cfg.group_size is not None else T
         capacity = expert_capacity(
-            group, cfg.n_experts, cfg.top_k, cfg.capacity_formula, cfg.capacity_factor,
-            cfg.min_capacity, cfg.expert_capacity,
+            group,
+            cfg.n_experts,
+            cfg.top_k,
+            cfg.capacity_formula,
+            cfg.capacity_factor,
+            cfg.min_capacity,
+            cfg.expert_capacity,
         )
         keep_TK, _ = assign_slots(
-            routing.expert_TK, routing.gate_TK, cfg.n_experts, capacity, cfg.drop_policy,
-            group_size=cfg.group_size, generator=self.generator,
+            routing.expert_TK,
+            routing.gate_TK,
+            cfg.n_experts,
+            capacity,
+            cfg.drop_policy,
+            group_size=cfg.group_size,
+            generator=self.generator,
         )
         gate_TK = routing.gate_TK * keep_TK
         if cfg.renormalize_after_drop:

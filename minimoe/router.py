@@ -42,7 +42,9 @@ class Router(nn.Module):
         self.jitter_eps = jitter_eps
         self.w_ED = nn.Parameter(torch.randn(n_experts, d_model) / d_model**0.5)
         # zero init: no noise at first, the model learns how much it wants (Shazeer et al. 2017)
-        self.w_noise_ED = nn.Parameter(torch.zeros(n_experts, d_model)) if noise == "shazeer" else None
+        self.w_noise_ED = (
+            nn.Parameter(torch.zeros(n_experts, d_model)) if noise == "shazeer" else None
+        )
         self.register_buffer("bias_E", torch.zeros(n_experts) if selection_bias else None)
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
