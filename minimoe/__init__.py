@@ -16,6 +16,7 @@ from minimoe.layer import MoELayer, MoEResult
 from minimoe.loop import loop_moe
 from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
 from minimoe.metrics import RoutingStats, routing_stats
+from minimoe.params import count_decoder_params, count_moe_params
 from minimoe.reference import reference_moe
 from minimoe.router import Router
 from minimoe.routing import Routing, route
@@ -33,6 +34,8 @@ __all__ = [
     "Routing",
     "RoutingStats",
     "assign_slots",
+    "count_decoder_params",
+    "count_moe_params",
     "expert_capacity",
     "expert_ffn",
     "ffn",
