@@ -62,7 +62,7 @@ class Router(nn.Module):
         select_noise_TE = None
         if training and self.noise == "gumbel":
             u_TE = torch.rand_like(logits_TE).clamp_(1e-20, 1.0)
-            select_noise_TE = -torch.log(-torch.log(u_TE).clamp_min(1e-20))
+            select_noise_TE = -torch.log((-torch.log(u_TE)).clamp_min(1e-20))  # Gumbel(0, 1)
         return logits_TE, select_noise_TE
 
     @torch.no_grad()
