@@ -5,13 +5,14 @@ Capacity formulas (C = the most slots one expert takes per routing group):
 | name        | C =                                              | source |
 |-------------|--------------------------------------------------|--------|
 | "dropless"  | no limit                                         | MegaBlocks (arXiv 2211.15841), Mixtral |
-| "deepspeed" | max(ceil((T / E) * (cf * K)), min_capacity)      | DeepSpeed `_capacity` in `moe/sharded_moe.py` |
+| "deepspeed" | max(ceil((T / E) * (cf * K)), min_capacity), in float32 | DeepSpeed `_capacity` in `moe/sharded_moe.py` |
 | "megatron"  | max(ceil((T * K / E) * cf), min_capacity)        | Megatron-LM `get_capacity` |
 | "tutel"     | max(K * int(cf * ceil(T / E)), min_capacity)     | Tutel `fast_dispatch` (cf > 0) |
 | "switch"    | a fixed `expert_capacity` per group (sequence)   | HF SwitchTransformers |
 
-"deepspeed" and "megatron" are the same formula evaluated in a different order; they can differ
-by one where floating-point rounding lands on an integer. Tutel rounds down *before* the ×K.
+"deepspeed" and "megatron" are the same formula evaluated in a different order and precision
+(DeepSpeed rounds the product to float32); they can differ by one where the rounding lands next
+to an integer. Tutel rounds down *before* the ×K.
 
 Drop policies. Every policy is a priority order over the N = T*K slots; within each expert the
 first C slots in that order are kept, the rest dropped:
@@ -67,7 +68,9 @@ def expert_capacity(
             raise ValueError("the 'switch' formula needs fixed_capacity >= 1")
         return fixed_capacity
     if formula == "deepspeed":
-        c = math.ceil((T / E) * (cf * K))
+        # DeepSpeed multiplies by a float32 tensor, so the product is rounded to float32 before
+        # the ceil; in float64 it can land just above or below an integer (T=35, E=3, K=2, cf=0.3)
+        c = int(torch.ceil((T / E) * torch.tensor(cf * K, dtype=torch.float32)))
     elif formula == "megatron":
         c = math.ceil((T * K / E) * cf)
     else:  # tutel
