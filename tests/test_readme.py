@@ -1,0 +1,28 @@
+"""The README's code runs, and its two commands are the ones the Makefile and CI provide."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_python_blocks_run(capsys):
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "the README shows the library in code"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    capacity, drop_rate, diff = capsys.readouterr().out.split()[-3:]
+    assert int(capacity) == 20  # ceil(64 / 8 * 1.25 * 2)
+    assert 0.0 <= float(drop_rate) < 1.0 and float(diff) < 1e-4
+
+
+def test_two_commands_are_wired():
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "make lab" in readme and "make test" in readme
+    assert re.search(r"^lab:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "notebooks/00_start_here.ipynb" in makefile
+    assert "-c constraints.txt" in makefile
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
