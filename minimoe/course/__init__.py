@@ -1,0 +1,20 @@
+"""The course machinery: exercise notebooks generated from solutions, and the grader.
+
+- `minimoe.course.notebooks`: read and write notebooks, `generate` exercises/ from solutions/,
+  check that notebooks are stored without outputs, strip them.
+- `minimoe.course.runner`: run a notebook cell by cell in a separate kernel, surviving timeouts,
+  exceptions and kernel deaths.
+- `minimoe.course.grade`: grade submitted exercise notebooks against the canonical checks.
+
+The conventions (cell tags `answer` / `check`, metadata `minimoe.exercise`, `### BEGIN SOLUTION`
+regions) are described in `minimoe.course.notebooks`.
+"""
+
+from minimoe.course.notebooks import (
+    NotebookError,
+    generate,
+    is_stale,
+    stale_exercises,
+)
+
+__all__ = ["NotebookError", "generate", "is_stale", "stale_exercises"]
