@@ -19,7 +19,8 @@ setup: $(STAMP)
 # Opens JupyterLab on the first chapter; with no display it prints the URL to open instead.
 lab: setup
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then browser=; else browser=--no-browser; fi; \
-	$(VENV)/bin/jupyter lab $$browser notebooks/00_start_here.ipynb
+	if [ "$$(id -u)" = 0 ]; then root=--allow-root; else root=; fi; \
+	$(VENV)/bin/jupyter lab $$browser $$root notebooks/00_start_here.ipynb
 
 lint: setup
 	$(VENV)/bin/ruff check minimoe tests notebooks solutions exercises
