@@ -9,8 +9,10 @@ The public API (frozen; later chapters import it):
     y, result = layer(x)              # result.aux_loss, result.z_loss, result.stats, ...
 """
 
+from minimoe.accounting import MoECost, moe_cost
 from minimoe.capacity import assign_slots, expert_capacity, renormalize_survivors
 from minimoe.config import MoEConfig
+from minimoe.einsum import dispatch_combine_tensors, einsum_moe
 from minimoe.experts import ExpertParams, Experts, ExpertsFn, expert_ffn, ffn
 from minimoe.layer import MoELayer, MoEResult
 from minimoe.loop import loop_moe
@@ -20,6 +22,7 @@ from minimoe.params import count_decoder_params, count_moe_params
 from minimoe.reference import reference_moe
 from minimoe.router import Router
 from minimoe.routing import Routing, route
+from minimoe.sorted import grouped_mm_moe, grouped_mm_path, padded_bmm_moe, sort_slots
 
 __version__ = "0.1.0"
 
@@ -28,6 +31,7 @@ __all__ = [
     "Experts",
     "ExpertsFn",
     "MoEConfig",
+    "MoECost",
     "MoELayer",
     "MoEResult",
     "Router",
@@ -36,15 +40,22 @@ __all__ = [
     "assign_slots",
     "count_decoder_params",
     "count_moe_params",
+    "dispatch_combine_tensors",
+    "einsum_moe",
     "expert_capacity",
     "expert_ffn",
     "ffn",
+    "grouped_mm_moe",
+    "grouped_mm_path",
     "load_balancing_loss",
     "loop_moe",
     "mixtral_load_balancing_loss",
+    "moe_cost",
+    "padded_bmm_moe",
     "reference_moe",
     "renormalize_survivors",
     "route",
     "routing_stats",
+    "sort_slots",
     "z_loss",
 ]
