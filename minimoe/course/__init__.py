@@ -7,14 +7,6 @@
 - `minimoe.course.grade`: grade submitted exercise notebooks against the canonical checks.
 
 The conventions (cell tags `answer` / `check`, metadata `minimoe.exercise`, `### BEGIN SOLUTION`
-regions) are described in `minimoe.course.notebooks`.
+regions) are described in `minimoe.course.notebooks`. The submodules are not imported here, so
+`python -m minimoe.course.notebooks` runs cleanly and importing `minimoe` stays light.
 """
-
-from minimoe.course.notebooks import (
-    NotebookError,
-    generate,
-    is_stale,
-    stale_exercises,
-)
-
-__all__ = ["NotebookError", "generate", "is_stale", "stale_exercises"]

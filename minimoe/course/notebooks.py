@@ -63,12 +63,14 @@ def read_notebook(path: str | Path) -> NotebookNode:
         raise NotebookError(f"{path}: not a readable notebook ({err})") from err
     if not isinstance(raw, dict) or "cells" not in raw:
         raise NotebookError(f"{path}: not a notebook (no 'cells')")
-    if raw.get("nbformat") != 4:
-        raw = json.loads(nbformat.writes(nbformat.reads(json.dumps(raw), as_version=4)))
-    if raw.get("nbformat_minor", 0) >= 5:
+    if raw.get("nbformat") == 4 and raw.get("nbformat_minor", 0) >= 5:
         for i, cell in enumerate(raw["cells"]):
-            cell.setdefault("id", f"cell-{i}")
-    return nbformat.from_dict(raw)
+            if isinstance(cell, dict):
+                cell.setdefault("id", f"cell-{i}")
+    try:  # nbformat joins the sources' lists of lines and upgrades older versions
+        return nbformat.reads(json.dumps(raw), as_version=4)
+    except Exception as err:
+        raise NotebookError(f"{path}: not a valid notebook ({err})") from err
 
 
 def write_notebook(nb: NotebookNode, path: str | Path) -> bool:
