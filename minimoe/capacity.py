@@ -24,6 +24,10 @@ first C slots in that order are kept, the rest dropped:
 | "probs"          | highest gate weight first                             | DeepSpeed topk 'probs', Megatron 'probs' |
 | "random"         | a seeded random order                                 | DeepSpeed top1 random token selection |
 | "batch_priority" | k-major, tokens ordered by their largest gate         | Tutel, V-MoE (arXiv 2106.05974 "BPR") |
+
+"probs" ranks by the gate weights it is given. Megatron ranks by the final (renormalised)
+weights; DeepSpeed topk by the raw softmax prob, `probs_TE.gather(1, expert_TK)`, and lays the
+kept slots out in token order rather than in priority order.
 """
 
 from __future__ import annotations

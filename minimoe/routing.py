@@ -15,8 +15,9 @@ sends no gradient to the router (Megatron-LM issue #894).
 
 The DeepSeek-V3 bias `b` changes which experts are picked, never their weights. Its group-limited
 top-k scores each group of experts by the sum of its two best (s + b) values, keeps the best
-`topk_groups` groups and picks the top-k among their experts. We mask the other groups with -inf
-(as Megatron does); HF masks them with 0, which agrees whenever every s + b is positive.
+`topk_groups` groups and picks the top-k among their experts. We mask the other groups with -inf,
+as Megatron and HF transformers 5.x do; a mask of 0 (older HF code) picks from a dropped group
+once the kept groups' s + b are negative.
 
 Everything here runs in float32, whatever the activation dtype: a bf16 softmax creates ties that
 flip the chosen expert.
