@@ -54,6 +54,7 @@ class MoEConfig:
         renormalize_after_drop: rescale a token's surviving gates to sum as before (DeepSpeed).
         aux_loss: which load-balancing loss the layer returns (see `minimoe.losses`).
         seed: seeds the "random" drop policy, so drops are reproducible.
+        check_finite: raise if the router logits hold NaN or inf (costs a device sync).
     """
 
     d_model: int
@@ -76,6 +77,7 @@ class MoEConfig:
     renormalize_after_drop: bool = False
     aux_loss: AuxLoss = "switch"
     seed: int = 0
+    check_finite: bool = False
 
     def __post_init__(self) -> None:
         for name in ("d_model", "d_ff", "n_experts", "top_k"):

@@ -79,6 +79,10 @@ class MoELayer(nn.Module):
         x_TD = x.reshape(-1, cfg.d_model)
         T = x_TD.shape[0]
         logits_TE, select_noise_TE = self.router(x_TD)
+        if cfg.check_finite and not torch.isfinite(logits_TE).all():
+            raise FloatingPointError(
+                "router logits contain NaN or inf: check the input and the router weights"
+            )
         routing = route(
             logits_TE,
             cfg.top_k,

@@ -134,3 +134,12 @@ def test_gumbel_noise_is_finite_and_standard():
     _, noise = router(torch.randn(20000, 4))
     assert torch.isfinite(noise).all()
     assert abs(noise.mean().item() - 0.5772) < 0.02  # the Euler-Mascheroni constant
+
+
+def test_check_finite_catches_nan_router_logits():
+    layer = _layer(CFG.replace(check_finite=True))
+    x = torch.randn(4, 16, dtype=torch.float64)
+    x[2, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="router logits contain NaN"):
+        layer(x)
+    layer(torch.randn(4, 16, dtype=torch.float64))  # finite input passes
