@@ -5,6 +5,10 @@
 The experts implementation is an explicit argument (any function with the signature of
 `minimoe.reference_moe`); nothing is switched by a flag at a distance. The losses and statistics
 come back in `result`; the caller decides what to add to its training loss.
+
+The layer's "probs" drop policy ranks slots by their final gate weights (as Megatron-LM does);
+DeepSpeed's topk ranks by the raw softmax probability instead: call `assign_slots` with
+`routing.probs_TE.gather(1, routing.expert_TK)` for that (tests/test_parity_deepspeed.py).
 """
 
 from __future__ import annotations
