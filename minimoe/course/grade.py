@@ -109,7 +109,7 @@ def graded_notebook(submission: NotebookNode, solution: NotebookNode) -> tuple[N
 
     cells = [copy(c) for c in submission.cells if not has_tag(c, "check")]
     checks = [c for c in solution.cells if c.cell_type == "code" and has_tag(c, "check")]
-    inserted: list[int] = []  # positions of the checks, kept up to date as cells shift
+    inserted: dict[int, str] = {}  # position -> exercise of each check put back so far
     for check in checks:
         exercise = cell_meta(check).get("exercise")
         answers = [
@@ -120,9 +120,10 @@ def graded_notebook(submission: NotebookNode, solution: NotebookNode) -> tuple[N
             and cell_meta(c).get("exercise") == exercise
         ]
         at = answers[-1] + 1 if answers else len(cells)
-        while at in inserted:  # several checks of one exercise stay in the solution's order
+        while inserted.get(at) == exercise:  # several checks of one exercise keep their order
             at += 1
-        inserted = [i + 1 if i >= at else i for i in inserted] + [at]
+        inserted = {(i + 1 if i >= at else i): e for i, e in inserted.items()}
+        inserted[at] = exercise
         cells.insert(at, copy(check))
     nb = nbformat.from_dict({**submission, "cells": cells})
     return nb, {i: cell_meta(nb.cells[i]) for i in sorted(inserted)}
@@ -222,7 +223,8 @@ def format_table(rows: list[Row]) -> str:
             hint = f"  {r.hint}" if r.hint else ""
             lines.append(f"  {r.exercise:<6} {r.title:<{width}}  {result}  {score:>7}{hint}")
         got, out_of = sum(r.points for r in group), sum(r.max_points for r in group)
-        lines += [f"  {'total':<6} {'':<{width}}        {_points(got)}/{_points(out_of)}", ""]
+        score = f"{_points(got)}/{_points(out_of)}"
+        lines += [f"  {'total':<6} {'':<{width}}  {'':4}  {score:>7}", ""]
     got, out_of = sum(r.points for r in rows), sum(r.max_points for r in rows)
     lines.append(
         f"Total: {_points(got)}/{_points(out_of)} points over {len(by_notebook)} notebooks"
