@@ -93,7 +93,9 @@ def _ffn(gelu=F.gelu, gate=F.silu, swap=False, use_w3=True, transpose=True, w2_f
     [
         (_ffn(gelu=lambda h: h), ["forgot the activation"]),
         (_ffn(gate=lambda h: h), ["forgot the activation"]),
-        (_ffn(gelu=F.relu), ["ReLU"]),
+        (_ffn(gelu=F.relu), ["ReLU; this expert uses GELU"]),
+        (_ffn(gelu=F.silu), ["used SiLU"]),
+        (_ffn(gate=F.relu), ["ReLU as the gate"]),
         (_ffn(gelu=lambda h: F.gelu(h, approximate="tanh")), ["tanh"]),
         (_ffn(w2_first=True), ["w2 before the activation"]),
         (_ffn(transpose=False), ["untransposed"]),
@@ -111,6 +113,15 @@ def _ffn(gelu=F.gelu, gate=F.silu, swap=False, use_w3=True, transpose=True, w2_f
 )
 def test_ffn_wrong(answer, words) -> None:
     fails_with(check_ffn, answer, "Exercise 01.1", *words)
+
+
+def test_ffn_untransposed_swiglu_only() -> None:
+    right, wrong = _ffn(), _ffn(transpose=False)
+
+    def answer(x, w1, w2, w3, activation):
+        return (wrong if activation == "swiglu" else right)(x, w1, w2, w3, activation)
+
+    fails_with(check_ffn, answer, "swiglu", "untransposed")
 
 
 def test_ffn_unknown_mistake_reports_the_difference() -> None:
