@@ -410,3 +410,40 @@ def test_route_matches_toy_topk() -> None:
         r = route(toy.router(x_TD), 2, "mixtral")
     assert torch.equal(r.expert_TK, expert_TK)
     assert torch.allclose(r.gate_TK, gate_TK / gate_TK.sum(-1, keepdim=True))
+
+
+# --- the checks' inputs and the notebooks' check cells -----------------------------------------
+
+
+@pytest.mark.parametrize("only_expert", [None, 0, 3])
+def test_make_routing_gives_distinct_experts(only_expert) -> None:
+    from minimoe.checks._common import make_routing
+
+    expert_TK, gate_TK, keep_TK = make_routing(50, 6, 3, seed=1, drop=0.3, only_expert=only_expert)
+    assert all(len(set(row)) == 3 for row in expert_TK.tolist())
+    if only_expert is not None:
+        assert (expert_TK[:, 0] == only_expert).all()
+    assert torch.allclose(gate_TK.sum(-1), torch.ones(50))
+    assert 0 < int((~keep_TK).sum()) < 150
+
+
+def test_check_cells_match_the_check_functions() -> None:
+    """Each check cell of solutions/00 and 01 calls its check, and its title is the check's."""
+    import json
+    from pathlib import Path
+
+    from minimoe.checks import ch00, ch01, ch01_params, ch01_toy
+
+    titles = {
+        ex.number: ex.title
+        for ex in (ch00.WARMUP, ch01.FFN, ch01.LOOP, ch01_params.PARAMS, ch01_toy.TOY)
+    }
+    root = Path(__file__).resolve().parent.parent
+    seen = {}
+    for name in ("00_start_here.ipynb", "01_dense_to_experts.ipynb"):
+        for cell in json.loads((root / "solutions" / name).read_text())["cells"]:
+            if "check" in cell["metadata"].get("tags", []):
+                meta = cell["metadata"]["minimoe"]
+                seen[meta["exercise"]] = meta["title"]
+                assert "check_" in "".join(cell["source"])
+    assert seen == titles
