@@ -94,3 +94,22 @@ def test_format_and_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "doctor_report", lambda: [ok, fail])
     assert main(["doctor"]) == 1
     assert "broken" in capsys.readouterr().out
+
+
+def test_cli_lists_available_subcommands_and_passes_arguments_through(monkeypatch, tmp_path):
+    (tmp_path / "fake_bench_mod.py").write_text(
+        "seen = []\ndef main(argv):\n    seen.append(argv)\n    return 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(
+        __import__("minimoe.__main__").__main__.SUBCOMMANDS,
+        "bench",
+        ("fake_bench_mod", "a module with its own argument parser"),
+    )
+    assert main(["bench", "--size", "3", "loop"]) == 3
+    import fake_bench_mod
+
+    assert fake_bench_mod.seen == [["--size", "3", "loop"]]
+    with pytest.raises(SystemExit) as exit_:
+        main(["doctor", "--bogus"])
+    assert exit_.value.code == 2
