@@ -10,6 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from minimoe.course import clean
 from minimoe.course import notebooks as nbs
 from minimoe.course.notebooks import NotebookError, stub_source
 
@@ -185,13 +186,13 @@ def test_check_clean_and_strip(tmp_path, capsys):
     write(new_notebook(cells=[new_code_cell("y = 1")]), tmp_path / "lessons" / "02_b.ipynb")
     write(nb, tmp_path / "lessons" / ".ipynb_checkpoints" / "01_a-checkpoint.ipynb")
 
-    assert nbs.check_clean([tmp_path / "lessons"]) == [
+    assert clean.check_clean([tmp_path / "lessons"]) == [
         f"{dirty}: outputs or execution counts in cell 0, cell 1"
     ]
     assert nbs.main(["check-clean", str(tmp_path / "lessons")]) == 1
     assert "01_a.ipynb" in capsys.readouterr().out
 
-    assert nbs.strip([tmp_path / "lessons"]) == [dirty]
+    assert clean.strip([tmp_path / "lessons"]) == [dirty]
     assert nbs.main(["check-clean", str(tmp_path / "lessons")]) == 0
     stripped = nbformat.read(dirty, as_version=4)
     assert [c.source for c in stripped.cells] == ["print(1)", "x = 2"]

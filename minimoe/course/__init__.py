@@ -1,7 +1,8 @@
 """The course machinery: exercise notebooks generated from solutions, and the grader.
 
 - `minimoe.course.notebooks`: read and write notebooks, `generate` exercises/ from solutions/,
-  check that notebooks are stored without outputs, strip them.
+  the command line.
+- `minimoe.course.clean`: check that notebooks are stored without outputs, strip them.
 - `minimoe.course.runner`: run a notebook cell by cell in a separate kernel, surviving timeouts,
   exceptions and kernel deaths.
 - `minimoe.course.grade`: grade submitted exercise notebooks against the canonical checks.

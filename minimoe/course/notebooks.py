@@ -250,52 +250,6 @@ def is_stale(
     return bool(stale_exercises(solutions_dir, exercises_dir))
 
 
-# --- clean notebooks -----------------------------------------------------------------------------
-
-
-def all_notebooks(dirs: list[str | Path]) -> list[Path]:
-    """Every .ipynb under the given folders (or the given files), checkpoints left out."""
-    found: list[Path] = []
-    for d in map(Path, dirs):
-        if d.is_file():
-            found.append(d)
-        elif d.is_dir():
-            found += [p for p in d.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
-    return sorted(found)
-
-
-def dirty_cells(nb: NotebookNode) -> list[int]:
-    """Indices of code cells with outputs or an execution count (-1 = saved widget state)."""
-    bad = [
-        i
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count"))
-    ]
-    return ([-1] if "widgets" in nb.metadata else []) + bad
-
-
-def check_clean(dirs: list[str | Path]) -> list[str]:
-    """One line per notebook stored with outputs, execution counts or widget state ([] = clean)."""
-    problems = []
-    for path in all_notebooks(dirs):
-        cells = dirty_cells(read_notebook(path))
-        if cells:
-            what = ", ".join("widget state" if i < 0 else f"cell {i}" for i in cells)
-            problems.append(f"{path}: outputs or execution counts in {what}")
-    return problems
-
-
-def strip(dirs: list[str | Path]) -> list[Path]:
-    """Remove outputs, execution counts and widget state in place. Returns the files changed."""
-    changed = []
-    for path in all_notebooks(dirs):
-        nb = read_notebook(path)
-        if dirty_cells(nb):
-            write_notebook(clear_outputs(nb), path)
-            changed.append(path)
-    return changed
-
-
 # --- command line --------------------------------------------------------------------------------
 
 
@@ -316,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         sub.add_parser(name, help=text).add_argument("dirs", nargs="+", metavar="DIR")
     args = parser.parse_args(argv)
+    from minimoe.course.clean import check_clean, strip  # clean.py builds on this module
+
     try:
         if args.command == "generate":
             for path in generate(args.solutions, args.exercises):
