@@ -268,3 +268,21 @@ def test_padded_wrong(answer, words) -> None:
 def test_padded_unknown_mistake_reports_the_difference() -> None:
     message = fails_with(check_padded_experts, lambda x, c, p: 1.01 * padded_experts(x, c, p))
     assert "max abs diff" in message
+
+
+def test_check_cells_match_the_check_functions() -> None:
+    """Each check cell of solutions/05 calls its check, and its title is the check's."""
+    import json
+    from pathlib import Path
+
+    from minimoe.checks import ch05
+
+    titles = {ex.number: ex.title for ex in (ch05.DISPATCH, ch05.SORT, ch05.PADDED)}
+    path = Path(__file__).resolve().parent.parent / "solutions" / "05_vectorised.ipynb"
+    seen = {}
+    for cell in json.loads(path.read_text())["cells"]:
+        if "check" in cell["metadata"].get("tags", []):
+            meta = cell["metadata"]["minimoe"]
+            seen[meta["exercise"]] = meta["title"]
+            assert "from minimoe.checks.ch05 import check_" in "".join(cell["source"])
+    assert seen == titles
