@@ -35,7 +35,12 @@ import torch.nn.functional as F
 
 from minimoe.experts import ExpertParams, validate_experts_inputs
 
-_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+if hasattr(F, "grouped_mm"):  # public from torch 2.10
+    _GROUPED_MM, _GROUPED_MM_NAME = F.grouped_mm, "torch.nn.functional.grouped_mm"
+elif hasattr(torch, "_grouped_mm"):  # torch 2.8 / 2.9
+    _GROUPED_MM, _GROUPED_MM_NAME = torch._grouped_mm, "torch._grouped_mm"
+else:
+    _GROUPED_MM, _GROUPED_MM_NAME = None, None
 _GROUPED_MM_WORKS: dict[tuple[str, torch.dtype], bool] = {}  # (device type, dtype) -> probed once
 
 
@@ -183,7 +188,7 @@ def grouped_mm_path(x_TD: torch.Tensor, params: ExpertParams) -> str:
     D, F_ = x_TD.shape[1], params.w1_EFD.shape[1]
     aligned = (D * x_TD.element_size()) % 16 == 0 and (F_ * x_TD.element_size()) % 16 == 0
     if aligned and _probe_grouped_mm(x_TD.device, x_TD.dtype):
-        return f"{_GROUPED_MM.__module__}.{_GROUPED_MM.__name__}".replace("torch._C._nn", "torch")
+        return _GROUPED_MM_NAME
     return "loop_grouped_mm"
 
 

@@ -52,18 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--max-ms", type=float, help="skip a larger T predicted slower than this")
     p.add_argument("--max-gb", type=float, default=2.0, help="skip what needs more memory")
+    p.add_argument("--budget-s", type=float, help="stop sweeping T when the time is spent")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _settings(args: argparse.Namespace, device: torch.device) -> dict:
     shapes = dict(CPU_SHAPES, **(GPU_SHAPES if device.type == "cuda" else {}))
     if args.smoke:
-        shapes, tokens, repeats, max_ms = SMOKE_SHAPES, [1, 16], 1, 1e3
+        shapes, tokens, repeats, max_ms, budget = SMOKE_SHAPES, [1, 16], 1, 1e3, 120.0
     elif args.quick:
-        tokens, repeats, max_ms = T_QUICK, 3, 1500.0
+        tokens, repeats, max_ms, budget = T_QUICK, 3, 2500.0, 130.0
     else:
         tokens = T_FULL + ([16384] if device.type == "cuda" else [])
-        repeats, max_ms = 5, 10_000.0
+        repeats, max_ms, budget = 5, 10_000.0, 840.0
     known = dict(CPU_SHAPES, **GPU_SHAPES, **SMOKE_SHAPES)
     if args.shapes:
         unknown = [s for s in args.shapes if s not in known]
@@ -75,6 +76,7 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict:
         tokens=args.tokens or tokens,
         repeats=args.repeats or repeats,
         max_ms=args.max_ms or max_ms,
+        budget_s=args.budget_s or budget,
     )
 
 
@@ -82,7 +84,8 @@ def _skip_reason(impl, name, T, shape, C, b, last, max_ms, max_gb) -> str | None
     D, F, E, K = shape
     if bi.peak_bytes(name, T, D, F, E, K, C, b) > max_gb * 2**30:
         return f"needs more than {max_gb} GB"
-    if impl.cost_model and name in last:
+    if impl.cost_model and name in last and last[name][0] >= 256:
+        # predict from a point where compute, not per-call overhead, sets the time
         T0, ms0 = last[name]
         cost = functools.partial(minimoe.moe_cost, impl.cost_model, D=D, F=F, E=E, K=K)
         predicted = ms0 * max(1.0, cost(T=T).executed_flops / max(cost(T=T0).executed_flops, 1))
@@ -116,6 +119,7 @@ def sweep(args: argparse.Namespace) -> dict:
     s = _settings(args, device)
     info = machine(device)
     rows, skipped, t_start = [], [], time.perf_counter()
+    groups_left = len(s["shapes"]) * len(args.routing)
     for shape_name, shape in s["shapes"].items():
         D, F, E, K = shape
         params = bi.make_params(D, F, E, device, dtype, args.seed)
@@ -127,8 +131,17 @@ def sweep(args: argparse.Namespace) -> dict:
             skipped.append(dict(impl=name, shape=shape_name, reason=why))
         gmm_path = minimoe.grouped_mm_path(x_all[:1], params)
         for routing in args.routing:
-            last: dict[str, tuple[int, float]] = {}
+            last: dict[str, tuple[int, float]] = {}  # impl -> (T, fastest sample in ms)
+            t_group = time.perf_counter()  # the time left is shared by the groups left
+            share = (s["budget_s"] - (t_group - t_start)) / groups_left
+            groups_left -= 1
             for T in s["tokens"]:
+                if time.perf_counter() - t_group > share:
+                    why = f"the time budget ({s['budget_s']:.0f} s over all shapes) was spent"
+                    skipped.append(
+                        dict(impl="*", shape=shape_name, routing=routing, T=T, reason=why)
+                    )
+                    continue
                 x = x_all[:T]
                 expert, gate = bi.make_routing(router, x, K, routing)
                 C = bi.max_load(expert, E)
@@ -150,7 +163,7 @@ def sweep(args: argparse.Namespace) -> dict:
                 useful = minimoe.moe_cost("grouped_mm", T, D, F, E, K).useful_flops
                 for name, ms in samples.items():
                     ms_med = median(ms)
-                    last[name] = (T, ms_med)
+                    last[name] = (T, min(ms))
                     flops = 2 * T * D * E if name == "router" else useful
                     rows.append(
                         dict(
