@@ -32,5 +32,6 @@ def loop_moe(
         if token_N.numel() == 0:
             continue  # an expert with no tokens costs nothing
         h_ND = expert_ffn(x_TD[token_N], params, e)
-        y_TD = y_TD.index_add(0, token_N, h_ND * gate_TK[token_N, k_N, None].to(h_ND.dtype))
+        # in place: an out-of-place index_add would copy all of y_TD once per expert
+        y_TD.index_add_(0, token_N, h_ND * gate_TK[token_N, k_N, None].to(h_ND.dtype))
     return y_TD
