@@ -50,4 +50,11 @@ def test_ratios_hand_computed():
     r = ratios(ms)
     assert r["best"] == "grouped_mm"
     assert r["vs_hf"] == 1.5 and r["over_dense"] == 1.25 and r["vs_loop"] == 5.0
-    assert ratios({"loop": 1.0})["best"] is None
+    only_loop = ratios({"loop": 1.0, "hf-eager": 2.0})
+    assert (
+        only_loop["best"] == "loop" and only_loop["vs_hf"] == 2.0 and only_loop["vs_loop"] is None
+    )
+    # the loop is a minimoe implementation: when it is fastest, it is the one compared with HF
+    slow_vec = ratios({"loop": 10.0, "grouped_mm": 12.5, "hf-eager": 11.0})
+    assert slow_vec["best"] == "loop" and slow_vec["vs_hf"] == 1.1 and slow_vec["vs_loop"] == 0.8
+    assert ratios({"hf-eager": 1.0})["best"] is None
