@@ -28,7 +28,8 @@ lint: setup
 
 # Every check: lint, stripped notebooks, unit + parity tests, notebooks via nbval, grading, browser.
 test: lint
-	$(PY) -m pytest -n $(JOBS) --dist loadfile tests
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not browser" tests
+	$(PY) -m pytest -m browser tests
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -p no:randomly --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=600 notebooks solutions exercises
 

@@ -95,36 +95,40 @@ def browser():
         b.close()
 
 
-def _open(browser, url):
+TIMEOUT_MS = 180_000  # generous: CI runs these beside other work on two cores
+IDLE = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']"
+
+
+def _open(browser, lab, path, workspace):
+    """Open a notebook in a workspace of its own, so JupyterLab restores nothing else."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
-    page.wait_for_function(
-        "() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=60_000
-    )
+    page.goto(f"{lab}/lab/workspaces/{workspace}/tree/{path}?reset&token={TOKEN}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.jupyterapp", timeout=TIMEOUT_MS)
+    page.locator(IDLE).first.wait_for(timeout=TIMEOUT_MS)  # the kernel started and is idle
     return page, errors
 
 
-def _run_all(page):
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-
 def test_start_here_opens_with_a_live_kernel(lab, browser, tmp_path):
-    page, errors = _open(browser, f"{lab}/lab/tree/notebooks/00_start_here.ipynb?token={TOKEN}")
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    assert page.locator(".jp-MarkdownCell").count() > 0
+    page, errors = _open(browser, lab, "notebooks/00_start_here.ipynb", "start")
+    # markdown renders asynchronously: wait until the chapter's title is on the page
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-MarkdownCell .jp-RenderedMarkdown')]"
+        ".some(c => c.innerText.includes('Start here'))",
+        timeout=TIMEOUT_MS,
+    )
     page.screenshot(path=str(tmp_path / "start_here.png"))
+    page.close()
     assert not errors, errors
 
 
 def test_slider_changes_the_plotly_figure(lab, browser, tmp_path):
-    page, errors = _open(browser, f"{lab}/lab/tree/widgets.ipynb?token={TOKEN}")
-    _run_all(page)
-    page.wait_for_selector(".widget-slider", timeout=90_000)
-    page.wait_for_selector(".js-plotly-plot", timeout=90_000)
+    page, errors = _open(browser, lab, "widgets.ipynb", "widgets")
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_selector(".widget-slider", timeout=TIMEOUT_MS)
+    page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
     read_y = "() => Array.from(document.querySelector('.js-plotly-plot').data[0].y)"
     assert page.evaluate(read_y) == [1, 1, 1]
     handle = page.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").first
@@ -139,4 +143,5 @@ def test_slider_changes_the_plotly_figure(lab, browser, tmp_path):
         ).count()
         == 0
     )
+    page.close()
     assert not [e for e in errors if "widget" in e.lower()], errors
