@@ -45,7 +45,8 @@ def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (.ci/run does this)")
     root = tmp_path_factory.mktemp("lab")
-    (root / "notebooks").symlink_to(ROOT / "notebooks")
+    # a copy: JupyterLab rewrites a notebook's metadata when it opens it
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
