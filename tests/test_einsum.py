@@ -8,9 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minimoe
-from minimoe.testing import assert_close
+from minimoe.testing import (
+    REFERENCE_TOL,
+    assert_close,
+    assert_matches_reference,
+    make_experts_inputs,
+)
 
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-4), torch.float64: dict(atol=1e-11, rtol=1e-9)}
+TOL = REFERENCE_TOL
 SHAPES = [  # (name, T, D, F, E, K)
     ("T=0", 0, 8, 12, 4, 2),
     ("T=1", 1, 8, 12, 4, 2),
@@ -20,77 +25,42 @@ SHAPES = [  # (name, T, D, F, E, K)
 ]
 
 
-def make_inputs(T, D, F, E, K, dtype, activation="swiglu", routing="random", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ex = minimoe.Experts(E, D, F, activation).to(dtype)
-    x = torch.randn(T, D, generator=gen, dtype=dtype)
-    if routing == "random":
-        expert = torch.randint(0, E, (T, K), generator=gen)
-    elif routing == "one_expert":
-        expert = torch.arange(K).repeat(T, 1)
-    elif routing == "empty_expert":
-        expert = torch.randint(0, E - 1, (T, K), generator=gen)
-    else:  # "topk"
-        expert = torch.rand(T, E, generator=gen).topk(K, dim=1).indices
-    gate = torch.rand(T, K, generator=gen, dtype=dtype)
-    return x, expert, gate, ex.params
-
-
-def outputs_and_grads(fn, x, expert, gate, params, keep):
-    """y and the gradients of <y, R> for x, gate, w1, w2, w3 (zeros where y does not depend)."""
-    w3 = [params.w3_EFD] if params.w3_EFD is not None else []
-    leaves = [x, gate, params.w1_EFD, params.w2_EDF, *w3]
-    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
-    w3 = leaves[4] if len(leaves) > 4 else None
-    p = minimoe.ExpertParams(leaves[2], leaves[3], w3, params.activation)
-    y = fn(leaves[0], expert, leaves[1], p, keep)
-    R = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-    if not y.requires_grad:
-        return y, [torch.zeros_like(t) for t in leaves]
-    grads = torch.autograd.grad((y * R).sum(), leaves, allow_unused=True)
-    return y, [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
-
-
-def check_against_reference(x, expert, gate, params, keep=None):
-    y, grads = outputs_and_grads(minimoe.einsum_moe, x, expert, gate, params, keep)
-    y_ref, grads_ref = outputs_and_grads(minimoe.reference_moe, x, expert, gate, params, keep)
-    tol = TOL[x.dtype]
-    assert y.dtype == x.dtype
-    assert_close(y, y_ref, name="y", **tol)
-    for name, g, g_ref in zip(["x", "gate", "w1", "w2", "w3"], grads, grads_ref):
-        assert_close(g, g_ref, name=f"grad {name}", **tol)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("activation", ["swiglu", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
 def test_matches_reference_on_awkward_shapes(dtype, activation, shape):
     _, T, D, F, E, K = shape
-    check_against_reference(*make_inputs(T, D, F, E, K, dtype, activation))
+    assert_matches_reference(
+        minimoe.einsum_moe, *make_experts_inputs(T, D, F, E, K, dtype, activation)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("routing", ["one_expert", "empty_expert", "topk"])
 @pytest.mark.parametrize("K", [1, 2])
 def test_matches_reference_on_skewed_routing(dtype, routing, K):
-    check_against_reference(*make_inputs(8, 16, 12, 4, K, dtype, "swiglu", routing))
+    assert_matches_reference(
+        minimoe.einsum_moe, *make_experts_inputs(8, 16, 12, 4, K, dtype, "swiglu", routing)
+    )
 
 
 @pytest.mark.parametrize("policy", ["position", "k_major", "probs", "random", "batch_priority"])
 @pytest.mark.parametrize("activation", ["swiglu", "gelu"])
 def test_capacity_drops_match_reference(policy, activation):
-    x, expert, gate, params = make_inputs(10, 16, 12, 4, 2, torch.float64, activation, "topk")
+    x, expert, gate, params = make_experts_inputs(
+        10, 16, 12, 4, 2, torch.float64, activation, "topk"
+    )
     keep, _ = minimoe.assign_slots(
         expert, gate, 4, 3, policy, generator=torch.Generator().manual_seed(3)
     )
     assert not keep.all()  # the capacity really drops something
-    check_against_reference(x, expert, gate, params, keep)
+    assert_matches_reference(minimoe.einsum_moe, x, expert, gate, params, keep)
 
 
 def test_every_slot_dropped_gives_zeros():
-    x, expert, gate, params = make_inputs(3, 8, 12, 4, 2, torch.float64)
+    x, expert, gate, params = make_experts_inputs(3, 8, 12, 4, 2, torch.float64)
     keep = torch.zeros(3, 2, dtype=torch.bool)
-    check_against_reference(x, expert, gate, params, keep)
+    assert_matches_reference(minimoe.einsum_moe, x, expert, gate, params, keep)
 
 
 def test_dispatch_combine_hand_computed():
@@ -128,7 +98,7 @@ def test_capacity_none_is_the_max_load():
 def test_same_result_as_assign_slots_positions():
     """Positions from assign_slots (priority order) or by token order: different buffer layouts,
     the same output."""
-    x, expert, gate, params = make_inputs(12, 16, 12, 4, 2, torch.float64, routing="topk")
+    x, expert, gate, params = make_experts_inputs(12, 16, 12, 4, 2, torch.float64, routing="topk")
     keep, position = minimoe.assign_slots(expert, gate, 4, 4, "probs")
     d1, c1 = minimoe.dispatch_combine_tensors(expert, gate, keep, 4, 4, position_TK=position)
     d2, c2 = minimoe.dispatch_combine_tensors(expert, gate, keep, 4, 4)
@@ -153,7 +123,7 @@ def test_dispatch_properties(T, E, data):
 
 
 def test_bad_input_raises():
-    x, expert, gate, params = make_inputs(4, 8, 12, 4, 2, torch.float32)
+    x, expert, gate, params = make_experts_inputs(4, 8, 12, 4, 2, torch.float32)
     with pytest.raises(ValueError, match="expert ids"):
         minimoe.einsum_moe(x, expert + 4, gate, params)
     with pytest.raises(ValueError, match="more than C"):  # 3 kept slots on expert 0, C = 2

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe import ExpertParams, assign_slots, ffn, loop_moe, reference_moe, route
-from minimoe.testing import assert_close
+from minimoe.testing import assert_close, outputs_and_grads
 
 
 def make_case(T, D, Fh, E, K, *, activation="swiglu", dtype=torch.float64, seed=0, experts=None):
@@ -22,16 +22,6 @@ def make_case(T, D, Fh, E, K, *, activation="swiglu", dtype=torch.float64, seed=
     expert = r.expert_TK if experts is None else experts
     gate = r.gate_TK.to(dtype)
     return x, expert, gate, ExpertParams(w1, w2, w3, activation)
-
-
-def grads(fn, x, expert, gate, params, keep=None):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, gate, params.w1_EFD, params.w2_EDF)]
-    w3 = None if params.w3_EFD is None else params.w3_EFD.detach().clone().requires_grad_()
-    p = ExpertParams(leaves[2], leaves[3], w3, params.activation)
-    y = fn(leaves[0], expert, leaves[1], p, keep)
-    torch.manual_seed(1)
-    (y * torch.randn_like(y)).sum().backward()
-    return y, [t.grad for t in leaves] + ([w3.grad] if w3 is not None else [])
 
 
 def test_hand_computed_single_slot():
@@ -51,9 +41,9 @@ def test_one_expert_top1_equals_dense_ffn_forward_and_backward(activation):
     dense = lambda x_, e_, g_, p_, k_=None: ffn(  # noqa: E731
         x_, p_.w1_EFD[0], p_.w2_EDF[0], None if p_.w3_EFD is None else p_.w3_EFD[0], p_.activation
     )
-    y_ref, g_ref = grads(dense, x, expert, gate, p)
+    y_ref, g_ref = outputs_and_grads(dense, x, expert, gate, p)
     for fn in (reference_moe, loop_moe):
-        y, g = grads(fn, x, expert, gate, p)
+        y, g = outputs_and_grads(fn, x, expert, gate, p)
         assert_close(y, y_ref, atol=1e-12, name=f"{fn.__name__} output")
         for name, a, b in zip(["x", "w1", "w2", "w3"], [g[0], *g[2:]], [g_ref[0], *g_ref[2:]]):
             assert_close(a, b, atol=1e-12, name=f"{fn.__name__} grad {name}")
@@ -74,15 +64,15 @@ AWKWARD = {
 @pytest.mark.parametrize("case", sorted(AWKWARD))
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_loop_equals_oracle_outputs_and_grads(case, activation, dtype):
+def test_loop_equals_oracle_outputs_and_outputs_and_grads(case, activation, dtype):
     x, expert, gate, p = make_case(**AWKWARD[case], activation=activation, dtype=dtype)
     tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-4)
     keep_options = [None]
     if expert.shape[0] > 2:
         keep_options.append(assign_slots(expert, gate, p.n_experts, 1, "position")[0])
     for keep in keep_options:
-        y_ref, g_ref = grads(reference_moe, x, expert, gate, p, keep)
-        y, g = grads(loop_moe, x, expert, gate, p, keep)
+        y_ref, g_ref = outputs_and_grads(reference_moe, x, expert, gate, p, keep)
+        y, g = outputs_and_grads(loop_moe, x, expert, gate, p, keep)
         assert y.dtype == dtype
         assert_close(y, y_ref, **tol, name=f"{case} output")
         for name, a, b in zip(["x", "gate", "w1", "w2", "w3"], g, g_ref):
