@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails_with, not_done
 
 from minimoe import count_decoder_params, ffn, loop_moe, reference_moe, route
 from minimoe.checks import (
@@ -19,21 +20,6 @@ from minimoe.checks import (
     check_toy_fix,
 )
 from minimoe.checks.toy import RowCounter, ToyMoE
-
-
-def fails_with(check, answer, *words: str) -> str:
-    """Run a check on a wrong answer; it must raise AssertionError containing every word."""
-    with pytest.raises(AssertionError) as info:
-        check(answer)
-    message = str(info.value)
-    for word in words:
-        assert word.lower() in message.lower(), f"{word!r} not in: {message}"
-    return message
-
-
-def not_done(*args, **kwargs):
-    raise NotImplementedError("Exercise: write this")
-
 
 # --- 00.1 softmax_topk -------------------------------------------------------------------------
 

@@ -9,23 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails_with, not_done
 
 from minimoe.checks.ch05 import check_dispatch_combine, check_padded_experts, check_sort_by_expert
-
-
-def fails_with(check, answer, *words: str) -> str:
-    """Run a check on a wrong answer; it must raise AssertionError containing every word."""
-    with pytest.raises(AssertionError) as info:
-        check(answer)
-    message = str(info.value)
-    for word in words:
-        assert word.lower() in message.lower(), f"{word!r} not in: {message}"
-    return message
-
-
-def not_done(*args, **kwargs):
-    raise NotImplementedError("Exercise: write this")
-
 
 # --- 05.1 dispatch and combine -------------------------------------------------------------------
 
