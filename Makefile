@@ -10,7 +10,7 @@ JOBS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade -c constraints.txt pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
