@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from minimoe.config import ACTIVATIONS
+
 IMPLS = ("loop", "einsum", "padded_bmm", "grouped_mm", "dense")
 
 
@@ -110,8 +112,8 @@ def moe_cost(
     """
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    if activation not in ("swiglu", "gelu"):
-        raise ValueError(f"activation={activation!r} is not 'swiglu' or 'gelu'")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
     if T < 0 or min(D, F, E, K, dtype_bytes) < 1 or K > E:
         raise ValueError(f"bad sizes: T={T}, D={D}, F={F}, E={E}, K={K}, bytes={dtype_bytes}")
     if capacity is not None and capacity < 0:

@@ -75,18 +75,41 @@ def dispatch_combine_tensors(
         raise ValueError(f"capacity must be >= 0 or None, got {capacity}")
     if expert_TK.numel() and (int(expert_TK.min()) < 0 or int(expert_TK.max()) >= n_experts):
         raise ValueError(f"expert ids must be in [0, {n_experts})")
+    if keep_TK is not None and (keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool):
+        raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
     if keep_TK is None and capacity is not None:
         keep_TK, position_TK = assign_slots(expert_TK, gate_TK, n_experts, capacity, "position")
+    if capacity is not None:  # a given capacity must hold every kept slot
+        if keep_TK is None:
+            keep_TK = torch.ones_like(expert_TK, dtype=torch.bool)
+        if position_TK is None:
+            position_TK = _positions_in_token_order(expert_TK, keep_TK, n_experts)
+        kept_pos_N = position_TK[keep_TK]
+        if kept_pos_N.numel() and (int(kept_pos_N.min()) < 0 or int(kept_pos_N.max()) >= capacity):
+            raise ValueError(
+                f"a kept slot has a position outside [0, C={capacity}): more than C kept slots"
+            )
+    return _dispatch_combine(expert_TK, gate_TK, keep_TK, n_experts, capacity, position_TK)
+
+
+def _dispatch_combine(
+    expert_TK: torch.Tensor,
+    gate_TK: torch.Tensor,
+    keep_TK: torch.Tensor | None,
+    n_experts: int,
+    capacity: int | None,
+    position_TK: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dispatch_combine_tensors` without the input checks (inputs validated by the caller)."""
     if keep_TK is None:
         keep_TK = torch.ones_like(expert_TK, dtype=torch.bool)
-    if keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool:
-        raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
     if position_TK is None:
         position_TK = _positions_in_token_order(expert_TK, keep_TK, n_experts)
-    kept_pos_N = position_TK[keep_TK]
-    C = capacity if capacity is not None else int(kept_pos_N.max()) + 1 if kept_pos_N.numel() else 0
-    if kept_pos_N.numel() and (int(kept_pos_N.min()) < 0 or int(kept_pos_N.max()) >= C):
-        raise ValueError(f"a kept slot has a position outside [0, C={C}): more than C kept slots")
+    if capacity is not None:
+        C = capacity
+    else:
+        kept_pos_N = position_TK[keep_TK]
+        C = int(kept_pos_N.max()) + 1 if kept_pos_N.numel() else 0
     onehot_TKE = F.one_hot(expert_TK.long(), n_experts).to(gate_TK.dtype)
     # a dropped slot gets the position C, one past the end, and is cut off by [..., :C]
     pos_TK = torch.where(keep_TK, position_TK, torch.full_like(position_TK, C))
@@ -112,8 +135,8 @@ def einsum_moe(
         y_TD in x's dtype.
     """
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
-    dispatch_TEC, combine_TEC = dispatch_combine_tensors(
-        expert_TK, gate_TK.to(x_TD.dtype), keep_TK, params.n_experts
+    dispatch_TEC, combine_TEC = _dispatch_combine(
+        expert_TK, gate_TK.to(x_TD.dtype), keep_TK, params.n_experts, None, None
     )
     x_ECD = torch.einsum("tec,td->ecd", dispatch_TEC.to(x_TD.dtype), x_TD)
     h_ECF = torch.bmm(x_ECD, params.w1_EFD.transpose(1, 2))

@@ -70,12 +70,19 @@ def sort_slots(
         raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
     if n_experts < 1:
         raise ValueError(f"n_experts must be >= 1, got {n_experts}")
-    expert_S = expert_TK.reshape(-1).long()
+    expert_S = expert_TK.reshape(-1)
     if expert_S.numel() and (int(expert_S.min()) < 0 or int(expert_S.max()) >= n_experts):
         raise ValueError(f"expert ids must be in [0, {n_experts})")
+    return _sort_slots(expert_TK, keep_TK, n_experts)
+
+
+def _sort_slots(
+    expert_TK: torch.Tensor, keep_TK: torch.Tensor | None, n_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sort_slots` without the input checks, for callers that validated their inputs already."""
+    expert_S = expert_TK.reshape(-1).long()
     if keep_TK is None:
-        expert_N = expert_S
-        sorted_expert_N, order_N = torch.sort(expert_N, stable=True)
+        sorted_expert_N, order_N = torch.sort(expert_S, stable=True)
     else:
         kept_N = torch.nonzero(keep_TK.reshape(-1)).squeeze(1)
         sorted_expert_N, by_expert_N = torch.sort(expert_S[kept_N], stable=True)
@@ -122,7 +129,7 @@ def padded_bmm_moe(
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
     T, K = expert_TK.shape
     E, D = params.n_experts, x_TD.shape[1]
-    order_N, counts_E, offsets_E, inverse_N = sort_slots(expert_TK, keep_TK, E)
+    order_N, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
     N = order_N.numel()
     expert_N = torch.repeat_interleave(torch.arange(E, device=x_TD.device), counts_E)
     row_N = torch.arange(N, device=x_TD.device) - (offsets_E.long() - counts_E)[expert_N]
@@ -210,7 +217,7 @@ def grouped_mm_moe(
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
     T, K = expert_TK.shape
     E = params.n_experts
-    order_N, counts_E, offsets_E, inverse_N = sort_slots(expert_TK, keep_TK, E)
+    order_N, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
     x_ND = x_TD[order_N // K]
     if grouped_mm_path(x_TD, params) == "loop_grouped_mm":
         counts = counts_E.tolist()  # one device sync for the whole loop

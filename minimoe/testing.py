@@ -15,6 +15,17 @@ def max_diff(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float
     return float(abs_diff.max()), float(rel_diff.max())
 
 
+def is_close(actual, expected: torch.Tensor, atol: float = 1e-6, rtol: float = 1e-5) -> bool:
+    """The yes/no form of `assert_close`: a tensor of the same shape, every element within
+    atol + rtol * |expected|, and no NaN in `actual`."""
+    if not isinstance(actual, torch.Tensor) or tuple(actual.shape) != tuple(expected.shape):
+        return False
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if a.numel() == 0:
+        return True
+    return bool(((a - e).abs() <= atol + rtol * e.abs()).all()) and not bool(a.isnan().any())
+
+
 def assert_close(
     actual: torch.Tensor,
     expected: torch.Tensor,

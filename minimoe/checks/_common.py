@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from minimoe.experts import ExpertParams
-from minimoe.testing import assert_close, max_diff
+from minimoe.testing import assert_close, is_close, max_diff
 
 Variant = tuple[str, Callable[..., Any]]
 
@@ -78,16 +78,6 @@ def error_hint(error: Exception) -> str:
     if "NoneType" in text:
         return ". Hint: w3 is None for activation='gelu'; only SwiGLU uses w3"
     return ""
-
-
-def is_close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
-    """True when a and b have one shape and agree elementwise within atol + rtol * |b|."""
-    if not isinstance(a, torch.Tensor) or tuple(a.shape) != tuple(b.shape):
-        return False
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    if a.numel() == 0:
-        return True
-    return bool(((a - b).abs() <= atol + rtol * b.abs()).all()) and not bool(a.isnan().any())
 
 
 def diagnose(
