@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 JOBS ?= 2
 
-.PHONY: lab test quick setup lint clean exercises
+.PHONY: lab test quick setup lint clean exercises chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ lint: setup
 	$(VENV)/bin/ruff check minimoe tests notebooks solutions exercises
 	$(PY) -m minimoe.course.notebooks check-clean notebooks solutions exercises
 
+# The browser tests drive the system's Chromium. Installed with apt-get where it is missing and we
+# are root (as on CI); elsewhere the browser tests skip and print why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get (for the browser tests)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "chromium is missing and this is not root: the browser tests will skip"; fi
+
 # Every check: lint, stripped notebooks, unit + parity tests, notebooks via nbval, grading, browser.
-test: lint
+test: lint chromium
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not browser" tests
 	$(PY) -m pytest -m browser tests
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -p no:randomly --nbval-lax --nbval-current-env \
