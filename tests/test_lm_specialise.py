@@ -18,9 +18,11 @@ from minimoe.lm.specialise import (
     char_classes,
     class_entropy,
     class_expert_counts,
+    measure_specialisation,
     mutual_information,
     normalised_mutual_information,
     random_router_baseline,
+    route_text,
 )
 from minimoe.testing import assert_close
 
@@ -191,3 +193,64 @@ def test_baseline_edge_cases_and_errors() -> None:
         random_router_baseline(torch.tensor([0, 1, 2]), 2, load_E=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="trials"):
         random_router_baseline(torch.tensor([0, 1, 2]), 2, trials=0)
+
+
+# --- routing a text through a model ----------------------------------------------------------------
+
+
+def tiny_model(**kw):
+    from minimoe.lm.model import LMConfig, TinyLM
+
+    torch.manual_seed(0)
+    cfg = dict(seq_len=8, d_model=16, n_layers=2, n_heads=2, n_experts=4, top_k=2, d_ff=16)
+    return TinyLM(LMConfig(**{**cfg, **kw}))
+
+
+TEXT = b"def f(x):\n    return x + 1  # one\n"  # 35 bytes: 4 windows of 8 and one of 3
+
+
+def test_route_text_matches_the_model_window_by_window() -> None:
+    model = tiny_model()
+    routed = route_text(model, TEXT)
+    assert len(routed) == 2 and all(r.shape == (len(TEXT),) for r in routed)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(TEXT), 8):
+            idx = torch.tensor([list(TEXT[start : start + 8])])
+            _, results = model(idx)
+            for layer, result in enumerate(results):
+                first = result.routing.expert_TK[:, 0]
+                assert torch.equal(routed[layer][start : start + 8], first), (layer, start)
+
+
+def test_route_text_runs_in_eval_mode_and_restores_the_mode() -> None:
+    model = tiny_model(noise="gumbel")  # selection noise in training mode only
+    model.train()
+    first, second = route_text(model, TEXT), route_text(model, TEXT)
+    assert model.training
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # no noise: deterministic
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(first, route_text(model, TEXT)))
+    assert not model.training
+
+
+def test_route_text_edge_cases() -> None:
+    model = tiny_model()
+    assert [r.shape for r in route_text(model, b"")] == [(0,), (0,)]
+    assert [r.shape for r in route_text(model, "x")] == [(1,), (1,)]  # T = 1, a str
+    assert route_text(tiny_model(moe_every=0), TEXT) == []  # a dense model has no router
+
+
+def test_measure_specialisation_per_layer() -> None:
+    model = tiny_model()
+    layers = measure_specialisation(model, TEXT * 4, trials=5, seed=0)
+    assert [s.layer for s in layers] == [0, 1]
+    class_T = char_classes(TEXT * 4)
+    for s, expert_T in zip(layers, route_text(model, TEXT * 4)):
+        counts = class_expert_counts(class_T, expert_T, len(CHAR_CLASSES), 4)
+        assert torch.equal(s.counts_CE, counts)
+        assert s.mi == pytest.approx(mutual_information(counts))
+        assert s.normalised == pytest.approx(s.mi / class_entropy(counts))
+        load = counts.sum(0)
+        assert s.baseline == random_router_baseline(class_T, 4, load_E=load, trials=5, seed=0)
+        assert s.z_score == pytest.approx((s.mi - s.baseline.mean) / s.baseline.std)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -224,3 +225,101 @@ def random_router_baseline(
     mean = sum(mis) / trials
     std = math.sqrt(sum((m - mean) ** 2 for m in mis) / trials)
     return Baseline(mean, std, trials)
+
+
+@torch.no_grad()
+def route_text(model: torch.nn.Module, text_bytes: bytes | str) -> list[torch.Tensor]:
+    """The expert each byte of a text is sent to first, in every MoE layer of a language model.
+
+    The text is cut into consecutive windows of the model's `cfg.seq_len` bytes, each routed on
+    its own (training windows start without context too). The model runs in eval mode (no router
+    noise, no dropout) and is put back in the mode it was in. A byte's expert is its first choice
+    (`expert_TK[:, 0]`), whether or not a capacity limit dropped it.
+
+    Args:
+        model: a `minimoe.lm.model.TinyLM` (or any module with `cfg.seq_len` whose forward maps
+            idx_BS to (logits, [MoEResult per MoE layer])).
+        text_bytes: the text (a str is UTF-8 encoded).
+
+    Returns:
+        One expert_T (int64, T = len(text_bytes)) per MoE layer, in depth order; [] for a dense
+        model.
+    """
+    data = _as_bytes(text_bytes)
+    seq_len = model.cfg.seq_len
+    device = next(model.parameters()).device
+    idx_T = torch.tensor(list(data), dtype=torch.long, device=device)
+    n_full = len(data) // seq_len * seq_len
+    pieces = [idx_T[:n_full].view(-1, seq_len), idx_T[n_full:].view(1, -1)]
+    was_training = model.training
+    model.eval()
+    try:
+        per_layer: list[list[torch.Tensor]] = []
+        for idx_BS in pieces:
+            if idx_BS.numel() == 0:
+                continue
+            _, results = model(idx_BS)
+            per_layer = per_layer or [[] for _ in results]
+            for chosen, result in zip(per_layer, results):
+                chosen.append(result.routing.expert_TK[:, 0].cpu())
+    finally:
+        model.train(was_training)
+    if not per_layer and len(data) == 0:
+        n_layers = len(getattr(model, "moe_layers", []))
+        return [torch.zeros(0, dtype=torch.long) for _ in range(n_layers)]
+    return [torch.cat(chosen) for chosen in per_layer]
+
+
+@dataclass
+class LayerSpecialisation:
+    """How much one MoE layer's routing says about the character class.
+
+    Attributes:
+        layer: the MoE layer's index (0 = the first MoE layer).
+        counts_CE: bytes per (class, expert).
+        mi: I(class; expert) in nats.
+        normalised: mi / H(class).
+        baseline: the MI of shuffled routings with the same loads (`random_router_baseline`).
+    """
+
+    layer: int
+    counts_CE: torch.Tensor
+    mi: float
+    normalised: float
+    baseline: Baseline
+
+    @property
+    def z_score(self) -> float:
+        """How many baseline standard deviations the MI lies above the baseline's mean."""
+        return (self.mi - self.baseline.mean) / max(self.baseline.std, 1e-12)
+
+
+def measure_specialisation(
+    model: torch.nn.Module, text_bytes: bytes | str, *, trials: int = 20, seed: int = 0
+) -> list[LayerSpecialisation]:
+    """Route a text and measure, per MoE layer, the MI between character class and expert.
+
+    Args:
+        model: see `route_text`; its MoE layers have `cfg.n_experts` experts.
+        text_bytes: the text.
+        trials, seed: of the random-router baseline.
+
+    Returns:
+        One `LayerSpecialisation` per MoE layer, in depth order.
+    """
+    class_T = char_classes(text_bytes)
+    n_experts = model.cfg.n_experts
+    out = []
+    for i, expert_T in enumerate(route_text(model, text_bytes)):
+        counts_CE = class_expert_counts(class_T, expert_T, len(CHAR_CLASSES), n_experts)
+        load_E = counts_CE.sum(0)
+        baseline = random_router_baseline(
+            class_T, n_experts, load_E=load_E, trials=trials, seed=seed
+        )
+        mi = mutual_information(counts_CE)
+        out.append(
+            LayerSpecialisation(
+                i, counts_CE, mi, normalised_mutual_information(counts_CE), baseline
+            )
+        )
+    return out
