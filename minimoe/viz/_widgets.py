@@ -1,0 +1,161 @@
+"""Shared pieces of every figure: the one expert palette, readable text colours, and the base of
+the interactive explorers (controls, figures, timed in-place updates).
+
+The palette is the same in every figure of the course, so expert 3 has one colour in a heatmap,
+a load bar and a coloured token. Its first seven colours are Okabe & Ito's colour-blind-safe set
+(Okabe and Ito 2008, "Color Universal Design"), the next nine Paul Tol's "muted" scheme
+(personal.sron.nl/~pault); experts 16..63 reuse those 16 hues lighter, darker, and lighter
+still. An expert's colour depends on its index only, never on how many experts there are.
+Beyond 64 experts the colours repeat. Colour is never the only cue: figures also mark ranks by
+marker shape and dropped slots by hatching or an outline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import ipywidgets as widgets
+import torch
+
+BASE_HUES = (
+    "#0072B2",  # blue          (Okabe-Ito)
+    "#E69F00",  # orange        (Okabe-Ito)
+    "#009E73",  # bluish green  (Okabe-Ito)
+    "#CC79A7",  # reddish purple(Okabe-Ito)
+    "#56B4E9",  # sky blue      (Okabe-Ito)
+    "#D55E00",  # vermillion    (Okabe-Ito)
+    "#F0E442",  # yellow        (Okabe-Ito)
+    "#332288",  # indigo        (Tol muted)
+    "#117733",  # green         (Tol muted)
+    "#882255",  # wine          (Tol muted)
+    "#44AA99",  # teal          (Tol muted)
+    "#999933",  # olive         (Tol muted)
+    "#AA4499",  # purple        (Tol muted)
+    "#DDCC77",  # sand          (Tol muted)
+    "#88CCEE",  # cyan          (Tol muted)
+    "#CC6677",  # rose          (Tol muted)
+)
+# (mix with, fraction) for experts 0-15, 16-31, 32-47, 48-63
+_VARIANTS = ((None, 0.0), ("#FFFFFF", 0.45), ("#000000", 0.35), ("#FFFFFF", 0.7))
+PALETTE_SIZE = len(BASE_HUES) * len(_VARIANTS)  # 64
+
+KEPT_TEXT = "kept"
+DROPPED_COLOUR = "#BBBBBB"  # a grey no expert uses: dropped slots, lost tokens
+DROPPED_EDGE = "#444444"
+EMPTY_COLOUR = "#F4F4F4"
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    h = hex_colour.lstrip("#")
+    if len(h) != 6:
+        raise ValueError(f"expected a colour like '#1A2B3C', got {hex_colour!r}")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def _mix(hex_colour: str, other: str, fraction: float) -> str:
+    a, b = _rgb(hex_colour), _rgb(other)
+    return "#{:02X}{:02X}{:02X}".format(
+        *(round(x + (y - x) * fraction) for x, y in zip(a, b, strict=True))
+    )
+
+
+def expert_colour(expert: int) -> str:
+    """The colour of one expert, as '#RRGGBB' (the same in every figure; repeats after 64)."""
+    if expert < 0:
+        raise ValueError(f"expert index must be >= 0, got {expert}")
+    expert %= PALETTE_SIZE
+    hue = BASE_HUES[expert % len(BASE_HUES)]
+    other, fraction = _VARIANTS[expert // len(BASE_HUES)]
+    return hue if other is None else _mix(hue, other, fraction)
+
+
+def pale(colour: str, fraction: float = 0.55) -> str:
+    """A paler tint of a colour (mixed with white), for second and later choices."""
+    return _mix(colour, "#FFFFFF", fraction)
+
+
+def expert_colours(n_experts: int) -> list[str]:
+    """The colours of experts 0 .. n_experts-1 (`expert_colour` of each)."""
+    if n_experts < 0:
+        raise ValueError(f"n_experts must be >= 0, got {n_experts}")
+    return [expert_colour(e) for e in range(n_experts)]
+
+
+def relative_luminance(hex_colour: str) -> float:
+    """WCAG 2 relative luminance of a colour, in [0, 1]."""
+
+    def linear(c: int) -> float:
+        s = c / 255
+        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in _rgb(hex_colour))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio between two colours (1 = none, 21 = black on white)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background`."""
+    black, white = "#000000", "#FFFFFF"
+    return (
+        black if contrast_ratio(background, black) >= contrast_ratio(background, white) else white
+    )
+
+
+class Explorer(widgets.VBox):
+    """An interactive figure: a VBox with named controls and plotly figures, updated in place.
+
+    Attributes:
+        controls: name -> ipywidgets control; setting `.value` updates the figures at once.
+        figures: name -> plotly `go.FigureWidget`; created once, their traces updated in place.
+        last_update_ms: how long the last interaction's update took, in milliseconds.
+        update_ms: every update's time, per control name (what `minimoe.bench.widgets` reads).
+    """
+
+    def __init__(self, children, controls: dict, figures: dict, **kwargs) -> None:
+        super().__init__(children, **kwargs)
+        self.controls = controls
+        self.figures = figures
+        self.last_update_ms = float("nan")
+        self.update_ms: dict[str, list[float]] = {name: [] for name in controls}
+        self._hold = False
+
+    def _watch(self, update: Callable[[], None]) -> None:
+        """Call `update` (timed) whenever any control's value changes."""
+        for name, control in self.controls.items():
+            control.observe(lambda _change, n=name: self._timed(n, update), names="value")
+
+    def _timed(self, name: str, update: Callable[[], None]) -> None:
+        if self._hold:
+            return
+        t0 = time.perf_counter()
+        # the tensors here are tiny: on a busy CPU, waiting for a second OpenMP thread costs
+        # more than the work, so each update runs on one thread (and restores the setting)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            update()
+        finally:
+            torch.set_num_threads(threads)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.last_update_ms = ms
+        self.update_ms.setdefault(name, []).append(ms)
+
+
+def control_layout(description_width: str = "11em") -> dict:
+    """Common keyword arguments of the explorers' controls (a readable, aligned label column)."""
+    return dict(
+        style={"description_width": description_width},
+        layout=widgets.Layout(width="26em"),
+        continuous_update=True,
+    )
+
+
+def note(html: str) -> widgets.HTML:
+    """A small grey explanatory line under the controls."""
+    return widgets.HTML(f"<div style='color:#555;font-size:0.9em;line-height:1.4'>{html}</div>")
