@@ -6,6 +6,9 @@ graph), with the routing computed once before timing; the router is timed as its
 `minimoe.grouped_mm_moe`'s before anything is timed. tflops counts *useful* FLOPs only (the
 FFN matmuls on the T*K routed slots, `minimoe.moe_cost`; 2*T*D*E for the router), so padding and
 one-hot matmuls lower it.
+
+On a CUDA GPU (bfloat16 by default there) the run also measures the GPU's two ceilings and adds
+the roofline columns, forward + backward times and the GPU targets of `minimoe.bench.gpu`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 import minimoe
+from minimoe.bench import gpu
 from minimoe.bench import impls as bi
 from minimoe.bench.timing import machine, median, time_interleaved
 
@@ -49,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: float32, bfloat16 on a GPU")
     p.add_argument("--max-ms", type=float, help="skip a larger T predicted slower than this")
     p.add_argument("--max-gb", type=float, default=2.0, help="skip what needs more memory")
     p.add_argument("--budget-s", type=float, help="stop sweeping T when the time is spent")
@@ -115,9 +119,11 @@ def sweep(args: argparse.Namespace) -> dict:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = DTYPES[args.dtype]
     s = _settings(args, device)
     info = machine(device)
+    ceilings = gpu.measure_ceilings(device) if device.type == "cuda" else None
     rows, skipped, t_start = [], [], time.perf_counter()
     groups_left = len(s["shapes"]) * len(args.routing)
     for shape_name, shape in s["shapes"].items():
@@ -160,6 +166,19 @@ def sweep(args: argparse.Namespace) -> dict:
                     if T <= VALIDATE_UP_TO_T:
                         _validate(fns, f"{shape_name}/{routing}/T={T}")
                     samples = time_interleaved(fns, device, s["repeats"], args.warmup)
+                gpu_cols = {}  # on a GPU: roofline columns, and forward + backward times
+                if ceilings is not None:
+                    fwd_bwd = gpu.forward_backward_samples(
+                        [n for n in fns if n in gpu.FWD_BWD_IMPLS], shape, x, expert, gate,
+                        params, s["repeats"], args.warmup,
+                    )  # fmt: skip
+                    touched = gpu.touched_weight_bytes(gpu.touched_experts(expert, E), D, F,
+                                                       x.element_size())  # fmt: skip
+                    for name, ms in samples.items():
+                        if name != "router":
+                            gpu_cols[name] = gpu.point_metrics(median(ms), T, D, F, K, touched, ceilings)  # fmt: skip
+                            if name in fwd_bwd:
+                                gpu_cols[name]["ms_fwd_bwd"] = median(fwd_bwd[name])
                 useful = minimoe.moe_cost("grouped_mm", T, D, F, E, K).useful_flops
                 for name, ms in samples.items():
                     ms_med = median(ms)
@@ -173,6 +192,7 @@ def sweep(args: argparse.Namespace) -> dict:
                             repeats=len(ms), tflops=flops / (ms_med * 1e-3) / 1e12 if ms_med else 0.0,
                             max_load=C, balanced_load=bi.balanced_load(T, K, E),
                             path=gmm_path if name == "grouped_mm" else None,
+                            **gpu_cols.get(name, {}),
                         )
                     )  # fmt: skip
                 done = ", ".join(f"{n} {median(v):.2f}" for n, v in samples.items())
@@ -181,7 +201,8 @@ def sweep(args: argparse.Namespace) -> dict:
     settings = dict(s, shapes={k: list(v) for k, v in s["shapes"].items()}, dtype=args.dtype)
     settings.update(routing=args.routing, warmup=args.warmup, quick=args.quick, smoke=args.smoke)
     elapsed = time.perf_counter() - t_start
-    return dict(machine=info, settings=settings, rows=rows, skipped=skipped, elapsed_s=elapsed)
+    result = dict(machine=info, settings=settings, rows=rows, skipped=skipped, elapsed_s=elapsed)
+    return result if ceilings is None else dict(result, ceilings=ceilings)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:

@@ -6,7 +6,8 @@
 | einsum          | `minimoe.einsum_moe`: one-hot (T, E, C) dispatch and combine (GShard)          |
 | padded_bmm      | `minimoe.padded_bmm_moe`: sort, then a zero-padded (E, max_count, D) bmm       |
 | grouped_mm      | `minimoe.grouped_mm_moe`: sort, then a grouped matmul over the sorted rows     |
-| triton          | `minimoe.triton.triton_moe`, when that module exists and a GPU is present      |
+| triton          | `minimoe.triton.triton_moe`, default tiles, when a GPU is present              |
+| triton-tuned    | the same with `minimoe.triton.tuned_config` (tiles by shape and T)             |
 | hf-eager        | HF transformers `MixtralExperts`, `experts_implementation="eager"`             |
 | hf-batched_mm   | the same module with "batched_mm" (gathers one weight matrix per slot)         |
 | hf-grouped_mm   | the same module with "grouped_mm" (sort + `torch.nn.functional.grouped_mm`)    |
@@ -34,7 +35,7 @@ import torch
 import minimoe
 
 ZIPF_EXPONENT = 1.2
-MINIMOE_VECTORISED = ("einsum", "padded_bmm", "grouped_mm", "triton")
+MINIMOE_VECTORISED = ("einsum", "padded_bmm", "grouped_mm", "triton", "triton-tuned")
 HF_IMPLS = ("hf-eager", "hf-batched_mm", "hf-grouped_mm")
 
 
@@ -116,6 +117,19 @@ def _triton() -> Callable | None:
     return getattr(mt, "triton_moe", None)
 
 
+def _triton_tuned(params: minimoe.ExpertParams, K: int) -> Callable:
+    """triton_moe with the tuned tiles for this shape and the call's T."""
+    from minimoe.triton import triton_moe, tuned_config
+
+    E, F, D = params.w1_EFD.shape
+    device = params.w1_EFD.device
+
+    def fn(x, e, g):
+        return triton_moe(x, e, g, params, config=tuned_config(x.shape[0], D, F, E, K, device))
+
+    return fn
+
+
 def build_impls(
     params: minimoe.ExpertParams, K: int, router: minimoe.Router, wanted
 ) -> tuple[dict[str, Impl], dict[str, str]]:
@@ -135,11 +149,13 @@ def build_impls(
     left_out = {}
     triton_fn = _triton()
     if triton_fn is None:
-        left_out["triton"] = "minimoe.triton is not installed"
+        left_out["triton"] = left_out["triton-tuned"] = "minimoe.triton is not installed"
     elif device.type != "cuda":
-        left_out["triton"] = "GPU only (the CPU interpreter is for tiny shapes)"
+        why = "GPU only (the CPU interpreter is for tiny shapes)"
+        left_out["triton"] = left_out["triton-tuned"] = why
     else:
         impls["triton"] = Impl("triton", ours(triton_fn), "grouped_mm")
+        impls["triton-tuned"] = Impl("triton-tuned", _triton_tuned(params, K), "grouped_mm")
     try:
         for name, backend, model in [
             ("hf-eager", "eager", "loop"),

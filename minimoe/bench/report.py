@@ -115,6 +115,10 @@ def markdown(result: dict) -> str:
         for s in result["skipped"]:
             where = f"{s['shape']}" + (f"/{s['routing']} T={s['T']}" if "T" in s else "")
             out.append(f"- {s['impl']} at {where}: {s['reason']}")
+    if "ceilings" in result:  # a GPU run: the roofline columns and the GPU targets
+        from minimoe.bench.gpu import gpu_markdown
+
+        out += gpu_markdown(result)
     return "\n".join(out) + "\n"
 
 

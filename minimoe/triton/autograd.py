@@ -25,6 +25,7 @@ from minimoe.triton.ops import (
     _launch_options,
     check_inputs,
     empty,
+    forward_no_grad,
     fused_up,
     grouped_gemm,
     load_kernels,
@@ -160,6 +161,9 @@ def triton_moe(
         y_TD in x's dtype.
     """
     cfg = check_inputs(x_TD, expert_TK, gate_TK, params, keep_TK, config)
+    leaves = (x_TD, gate_TK, params.w1_EFD, params.w2_EDF, params.w3_EFD)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)):
+        return forward_no_grad(x_TD, expert_TK, gate_TK, params, keep_TK, cfg)  # nothing to save
     return TritonMoEFunction.apply(
         x_TD, gate_TK, params.w1_EFD, params.w2_EDF, params.w3_EFD, expert_TK, keep_TK,
         params.activation, cfg,

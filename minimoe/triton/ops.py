@@ -293,6 +293,19 @@ def fused_experts_v3(
         y_TD in x's dtype.
     """
     cfg = check_inputs(x_TD, expert_TK, gate_TK, params, keep_TK, config)
+    return forward_no_grad(x_TD, expert_TK, gate_TK, params, keep_TK, cfg, out)
+
+
+def forward_no_grad(
+    x_TD: torch.Tensor,
+    expert_TK: torch.Tensor,
+    gate_TK: torch.Tensor,
+    params: ExpertParams,
+    keep_TK: torch.Tensor | None,
+    cfg: KernelConfig,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`fused_experts_v3` without the input checks (for callers that made them)."""
     T, K = expert_TK.shape
     layout = align_slots(expert_TK, keep_TK, params.n_experts, cfg.block_m)
     with torch.no_grad():
