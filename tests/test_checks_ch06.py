@@ -436,3 +436,21 @@ def test_watch_blocks_and_records_out_of_bounds_stores() -> None:
     assert not bool((outcome.buffer[out.storage_offset() + 5 :] != POISON).any())
     stores = [a for a in outcome.bad if a.kind == "store"]
     assert [a.index for a in stores] == [(5,), (6,), (7,)] and stores[0].arg == "out_ptr"
+
+
+def test_check_cells_match_the_check_functions() -> None:
+    """Each check cell of solutions/06 calls its check, and its title is the check's."""
+    import json
+    from pathlib import Path
+
+    from minimoe.checks import ch06, ch06_gather
+
+    titles = {ex.number: ex.title for ex in (ch06.SCALED_ADD, ch06.TILE, ch06_gather.GATHER)}
+    path = Path(__file__).resolve().parent.parent / "solutions" / "06_triton.ipynb"
+    seen = {}
+    for cell in json.loads(path.read_text())["cells"]:
+        if "check" in cell["metadata"].get("tags", []):
+            meta = cell["metadata"]["minimoe"]
+            seen[meta["exercise"]] = meta["title"]
+            assert "from minimoe.checks.ch06" in "".join(cell["source"])
+    assert seen == titles
