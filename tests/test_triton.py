@@ -265,6 +265,16 @@ def test_import_without_triton_then_clear_error():
     assert proc.stdout.startswith("32") and "ERR Triton needs Linux" in proc.stdout, proc.stdout
 
 
+def test_ladder_command_runs_each_version(capsys):
+    from minimoe.triton.__main__ import main
+
+    for version in ("1", "2", "3", "4"):
+        assert main([version, "--T", "4", "--D", "16", "--F", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("vs the float64 oracle" in line for line in lines)
+    assert all(float(line.split("max abs diff ")[1].split()[0]) < 1e-4 for line in lines)
+
+
 def test_configs():
     configs = mt.available_configs()
     assert {"default", "interpreter", "decode", "medium", "prefill"} <= configs.keys()

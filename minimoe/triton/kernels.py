@@ -1,14 +1,14 @@
-"""The forward Triton kernels of the experts step, as a ladder of three versions.
+"""The forward Triton kernels of the experts step, as a ladder of versions (llm.c style).
 
     version 1  matmul_kernel: one expert's tiled matmul, C = A @ B (the Triton matmul tutorial's
                kernel, explained for our case). Running the E experts this way takes E launches
                and a gather of each expert's rows into a contiguous buffer first.
-               run:  matmul_v1(a_MK, b_KN)
+               run:  python -m minimoe.triton 1        (`matmul_v1(a_MK, b_KN)`)
     version 2  grouped_gemm_kernel: ONE launch for all experts. The slots are sorted by expert
                and padded per expert to BLOCK_M (`align.py`); each program computes one tile of
                one expert, and gathers its input rows itself: it loads integer row ids, then
                x_ptr + row * stride. No gathered copy of x is ever written.
-               run:  grouped_gemm_v2(x_TD, w1_EFD, expert_TK)
+               run:  python -m minimoe.triton 2        (`grouped_gemm_v2(x_TD, w1_EFD, expert_TK)`)
     version 3  fused_up_kernel + grouped_gemm_kernel: the expert FFN end to end in two launches.
                The first GEMM computes x @ w1^T (and x @ w3^T for SwiGLU, a second accumulator
                over the same loaded x tile) and applies the activation in its epilogue, so
@@ -16,7 +16,12 @@
                multiplies each row by its gate and stores it at its slot t*K + k of a (T, K, D)
                buffer. The sum over K is then a plain sum over a fixed axis: deterministic, no
                atomics (vLLM's fused_moe adds the K rows the same way, `moe_sum`).
-               run:  fused_experts_v3(x_TD, expert_TK, gate_TK, params)
+               run:  python -m minimoe.triton 3        (`fused_experts_v3(x_TD, expert_TK, gate_TK, params)`)
+    version 4  the backward (`backward_kernels.py`) and `triton_moe`, which trains.
+               run:  python -m minimoe.triton 4        (forward + backward)
+
+Each command checks its version against the float64 oracle and times it; on a CPU prefix it with
+TRITON_INTERPRET=1, and on a GPU add --T 4096 --D 2048 --F 768 --E 128 --K 8 --dtype bfloat16.
 
 Every version runs on a CUDA GPU, or on the CPU through Triton's interpreter when the
 environment has TRITON_INTERPRET=1 *before this module is imported* (`triton.jit` reads it when
