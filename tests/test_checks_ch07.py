@@ -10,8 +10,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from check_helpers import fails_with, not_done
 
+from minimoe.checks.ch07 import check_train_step
 from minimoe.checks.ch07_specialise import check_specialisation
 
 # --- 07.2 the specialisation measure -------------------------------------------------------------
@@ -135,3 +137,133 @@ def test_reference_values_by_hand() -> None:
     h = -sum(float(q) * math.log(float(q)) for q in p)
     mi, norm = specialisation(counts)
     assert mi == pytest.approx(h) and norm == pytest.approx(1.0)
+
+
+# --- 07.1 the training step ------------------------------------------------------------------------
+
+
+def train_step(model, optimizer, x_BS, y_BS, aux_coef, z_coef, *, fold=None, forget_z=False,
+               forget_aux=False, zero_grad=True, layer_sum=False, no_coef=False, item=True,
+               report_coef=False, step=True, zero_after_backward=False):  # fmt: skip
+    """The right answer, with switches that make it a learner's mistake."""
+    model.train()
+    if zero_grad:
+        optimizer.zero_grad()
+    logits_BSV, results = model(x_BS)
+    lm = F.cross_entropy(logits_BSV.reshape(-1, logits_BSV.shape[-1]), y_BS.reshape(-1))
+    agg = torch.sum if layer_sum else torch.mean
+    aux = agg(torch.stack([r.aux_loss for r in results]))
+    z = agg(torch.stack([r.z_loss for r in results]))
+    a, c = (1.0, 1.0) if no_coef else (aux_coef, z_coef)
+    total = lm + (0 if forget_aux else a * aux) + (0 if forget_z else c * z)
+    total.backward()
+    if zero_after_backward:
+        optimizer.zero_grad()
+    if step:
+        optimizer.step()
+    reported = {None: lm, "total": total, "lm+aux": lm + aux}[fold]
+    out = (reported, aux * aux_coef if report_coef else aux, z)
+    return tuple(v.item() for v in out) if item else out
+
+
+def evaluate_loss(model, x_BS, y_BS, *, eval_mode=True, restore=True, always_train=False,
+                  fold=False, no_grad=True):  # fmt: skip
+    """The right answer, with switches that make it a learner's mistake."""
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+    with torch.set_grad_enabled(not no_grad):
+        logits_BSV, results = model(x_BS)
+        loss = F.cross_entropy(logits_BSV.reshape(-1, logits_BSV.shape[-1]), y_BS.reshape(-1))
+        if fold:
+            loss = loss + torch.stack([r.aux_loss for r in results]).mean()
+    if always_train:
+        model.train()
+    elif restore:
+        model.train(was_training)
+    return loss.item() if no_grad else loss
+
+
+def step_with(**kw):
+    return lambda *args: train_step(*args, **kw)
+
+
+def eval_with(**kw):
+    return lambda *args: evaluate_loss(*args, **kw)
+
+
+def test_train_step_passes(capsys) -> None:
+    check_train_step(train_step, evaluate_loss)
+    msg = "✓ Exercise 07.1 (training step and evaluation): passed"
+    assert msg in capsys.readouterr().out
+
+
+def test_train_step_library_pieces_pass() -> None:
+    """Written with the library's lm_loss and router_losses, and zero_grad(set_to_none=False)."""
+    from minimoe.lm.train import lm_loss, router_losses
+
+    def step(model, optimizer, x_BS, y_BS, aux_coef, z_coef):
+        optimizer.zero_grad(set_to_none=False)
+        logits_BSV, results = model(x_BS)
+        lm = lm_loss(logits_BSV, y_BS)
+        aux, z = router_losses(results, lm)
+        (lm + aux_coef * aux + z_coef * z).backward()
+        optimizer.step()
+        return lm.detach(), aux.detach(), z.detach()  # 0-d tensors without a graph are fine
+
+    check_train_step(step, evaluate_loss)
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (step_with(fold="total"), ["folded into the reported loss", "the total"]),
+        (step_with(fold="lm+aux"), ["folded into the reported loss"]),
+        (step_with(forget_z=True), ["z-loss is missing"]),
+        (step_with(forget_aux=True), ["aux loss is missing"]),
+        (step_with(forget_z=True, forget_aux=True), ["only the lm loss"]),
+        (step_with(zero_grad=False), ["zero_grad()"]),
+        (step_with(no_coef=True), ["coefficients are missing"]),
+        (step_with(layer_sum=True), ["sum over the MoE layers"]),
+        (step_with(report_coef=True), ["multiplied by its coefficient"]),
+        (step_with(step=False), ["did not change", "optimizer.step()"]),
+        (step_with(zero_after_backward=True), ["did not change"]),
+        (step_with(item=False), ["requires grad", ".item()"]),
+        (lambda *a: train_step(*a)[0], ["three numbers"]),
+        (lambda *a: None, ["returned None"]),
+        (lambda *a: (lambda lm, aux, z: (lm, z, aux))(*train_step(*a)), ["swapped"]),
+        (not_done, ["not solved yet"]),
+    ],
+)
+def test_train_step_wrong(answer, words) -> None:
+    fails_with(lambda fn: check_train_step(fn, evaluate_loss), answer, "Exercise 07.1", *words)
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (eval_with(eval_mode=False), ["train mode", "model.eval()"]),
+        (eval_with(restore=False), ["left the model in eval mode"]),
+        (eval_with(always_train=True), ["was_training"]),
+        (eval_with(fold=True), ["cross-entropy alone"]),
+        (eval_with(no_grad=False), ["requires grad"]),
+        (not_done, ["not solved yet"]),
+    ],
+)
+def test_evaluate_wrong(answer, words) -> None:
+    fails_with(lambda fn: check_train_step(train_step, fn), answer, "Exercise 07.1", *words)
+
+
+def test_train_step_unknown_mistake_reports_the_distance() -> None:
+    def clipped(model, optimizer, x_BS, y_BS, aux_coef, z_coef):
+        optimizer.zero_grad()
+        logits_BSV, results = model(x_BS)
+        lm = F.cross_entropy(logits_BSV.reshape(-1, 256), y_BS.reshape(-1))
+        aux = torch.stack([r.aux_loss for r in results]).mean()
+        z = torch.stack([r.z_loss for r in results]).mean()
+        (lm + aux_coef * aux + z_coef * z).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        optimizer.step()
+        return lm.item(), aux.item(), z.item()
+
+    fails_with(lambda fn: check_train_step(fn, evaluate_loss), clipped, "moved by up to")
