@@ -47,7 +47,7 @@ FORMULAS = {
     "dropless": "dropless: no limit",
 }
 CURVE_CFS = tuple(np.round(np.arange(0.1, 3.01, 0.1), 2))
-MAX_TABLE_ROWS = 25
+MAX_TABLE_ROWS = 12
 
 
 def capacity_for(T: int, E: int, K: int, formula: str, cf: float, min_capacity: int = 0):
@@ -80,8 +80,8 @@ class CapacityExplorer(Explorer):
                                         **drop_down),
             "policy": widgets.Dropdown(options=list(DROP_POLICIES), value="position",
                                        description="drop policy", **drop_down),
-            "renormalize": widgets.Checkbox(False, description="renormalise survivors",
-                                            style=s["style"]),
+            "renormalize": widgets.Checkbox(False, description="renormalise",
+                                            style=s["style"], layout=s["layout"]),
             "batch": widgets.Dropdown(options=list(routings), description="routing batch",
                                       **drop_down),
         }  # fmt: skip
@@ -91,13 +91,14 @@ class CapacityExplorer(Explorer):
         queues.add_heatmap(z=[[0.0]], showscale=False, xgap=1, ygap=1, hoverinfo="text",
                            hoverongaps=False)  # fmt: skip
         queues.add_scatter(x=[], y=[], mode="markers", name="dropped", hoverinfo="skip",
-                           marker=dict(symbol="x-thin", size=7, line=dict(width=1.5,
-                                                                          color=DROPPED_EDGE)))  # fmt: skip
+                           showlegend=False,
+                           marker=dict(symbol="x-thin", size=7, line=dict(width=1.2,
+                                                                          color="white")))  # fmt: skip
         queues.add_scatter(x=[], y=[], mode="lines", name="capacity C",
                            line=dict(color="black", width=2.5, dash="dash"))  # fmt: skip
         queues.update_layout(
             xaxis_title="place in the expert's queue (the drop policy's priority order)",
-            yaxis_title="expert", yaxis_dtick=1, template="plotly_white",
+            yaxis_title="expert", yaxis_dtick=1, template="plotly_white", modebar_orientation="v",
             plot_bgcolor=EMPTY_COLOUR, legend=dict(orientation="h", y=1.02, x=1,
                                                    xanchor="right", yanchor="bottom"),
             margin=dict(l=60, r=20, t=60, b=50),
@@ -112,7 +113,7 @@ class CapacityExplorer(Explorer):
                                       line=dict(width=2)))  # fmt: skip
         curve.update_layout(
             title="Drop rate vs capacity factor", xaxis_title="capacity factor cf",
-            yaxis_title="fraction", yaxis_range=[0, 1], template="plotly_white", height=300,
+            yaxis_title="fraction", yaxis_range=[0, 1], template="plotly_white", modebar_orientation="v", height=300,
             width=520, legend=dict(x=0.98, xanchor="right", y=0.98), margin=dict(l=60, r=20,
                                                                                   t=50, b=50),
         )  # fmt: skip
@@ -173,7 +174,7 @@ class CapacityExplorer(Explorer):
             curve.data[0].update(x=CURVE_CFS, y=slots)
             curve.data[1].update(x=CURVE_CFS, y=tokens)
             curve.data[2].update(x=[cf], y=[self.drop_rate])
-            curve.layout.title.text = f"Drop rate vs capacity factor ({FORMULAS[c['formula']]})"
+            curve.layout.xaxis.title.text = f"capacity factor cf ({FORMULAS[c['formula']]})"
         self._write_text(expert_TK, gate_TK, lost_T, c)
 
     def _draw_queues(self, expert_TK: torch.Tensor, gate_TK: torch.Tensor) -> None:
@@ -205,17 +206,21 @@ class CapacityExplorer(Explorer):
         C = self.capacity
         fig = self.figures["queues"]
         with fig.batch_update():
-            fig.data[0].update(z=z_EL, text=text_EL, colorscale=scale, zmin=-0.5,
+            # empty cells as None (JSON null): NaN is not valid JSON for the widget's messages
+            z = z_EL.astype(object)
+            z[np.isnan(z_EL)] = None
+            fig.data[0].update(z=z.tolist(), text=text_EL, colorscale=scale, zmin=-0.5,
                                zmax=len(colours) - 0.5)  # fmt: skip
-            fig.data[1].update(x=q_N[~keep_N], y=e_N[~keep_N])
+            fig.data[1].update(x=q_N[~keep_N], y=e_N[~keep_N],
+                               marker_size=float(np.clip(700 / L, 3, 9)))  # fmt: skip
             line_x = [] if C is None else [C - 0.5, C - 0.5]
             fig.data[2].update(x=line_x, y=[-0.5, E - 0.5] if line_x else [])
             fig.layout.height = 160 + 26 * E
             fig.layout.xaxis.range = [-0.5, max(L, (C or 0) + 1) - 0.5]
             shown = "no limit" if C is None else f"C = {C}"
             fig.layout.title.text = (
-                f"Expert queues, {T * K} slots ({shown}): solid = 1st choice, pale = later "
-                "choice, grey × = dropped"
+                f"Expert queues: {T * K} slots, {shown}<br><sup>solid: 1st choice · pale: "
+                "later choice · grey with ×: dropped (dark: a 1st choice)</sup>"
             )
 
     def _write_text(self, expert_TK, gate_TK, lost_T, c) -> None:
@@ -230,7 +235,8 @@ class CapacityExplorer(Explorer):
             f"(<b>{self.drop_rate:.1%}</b>) · {int(lost_T.sum())} tokens lost every expert · "
             f"{mass:.1%} of the gate weight</div>"
         )
-        dropped = torch.nonzero(~self.keep_TK).tolist()
+        # the tokens that lost every expert first, then the rest in token order
+        dropped = sorted(torch.nonzero(~self.keep_TK).tolist(), key=lambda tk: not lost_T[tk[0]])
         rows = []
         for t, k in dropped[:MAX_TABLE_ROWS]:
             before = ", ".join(f"{g:.2f}" for g in gate_TK[t].tolist())
@@ -250,7 +256,8 @@ class CapacityExplorer(Explorer):
         )
         self.table.value = (
             "<details open><summary><b>Which tokens lost which slot</b></summary>"
-            "<table style='font-size:0.9em;border-collapse:collapse' cellpadding='3'>"
+            "<table style='font-size:0.85em;line-height:1.2;border-collapse:collapse' "
+            "cellpadding='1' cellspacing='6'>"
             f"{head}{''.join(rows)}</table>{tail}</details>"
             if dropped
             else "<p><b>No slot dropped.</b></p>"

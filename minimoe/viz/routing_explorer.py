@@ -98,13 +98,10 @@ class RoutingExplorer(Explorer):
                              marker=dict(symbol=symbol, line=dict(color="black", width=1)),
                              hovertemplate="token %{x} → expert %{y}<br>gate %{customdata:.3f}"
                                            f"<extra>{name}</extra>")  # fmt: skip
-        for name, symbol in zip(names, RANK_SYMBOLS):  # legend entries in a neutral colour
-            heat.add_scatter(x=[None], y=[None], mode="markers", name=name, marker=dict(
-                symbol=symbol, color="white", size=10, line=dict(color="black", width=1)))  # fmt: skip
         heat.update_layout(
-            title="Router probabilities (grey) and chosen experts (marker size = gate weight)",
-            xaxis_title="token", yaxis_title="expert", yaxis_dtick=1, template="plotly_white",
-            legend=dict(orientation="h", y=1.0, x=1, xanchor="right", yanchor="bottom"),
+            title="Router probabilities (grey) and the chosen experts<br><sup>● 1st choice · "
+            "◆ 2nd choice · ■ 3rd and later · marker size = gate weight</sup>",
+            xaxis_title="token", yaxis_title="expert", yaxis_dtick=1, template="plotly_white", modebar_orientation="v",
             margin=dict(l=60, r=20, t=70, b=50),
         )  # fmt: skip
         load = go.FigureWidget()
@@ -114,7 +111,7 @@ class RoutingExplorer(Explorer):
         load.add_scatter(x=[], y=[], mode="lines", name="balanced T·K/E",
                          line=dict(color="#555555", dash="dot"))  # fmt: skip
         load.update_layout(
-            xaxis_title="expert", yaxis_title="slots", xaxis_dtick=1, template="plotly_white",
+            xaxis_title="expert", yaxis_title="slots", xaxis_dtick=1, template="plotly_white", modebar_orientation="v",
             height=300, width=520, showlegend=False, margin=dict(l=60, r=20, t=50, b=50),
         )  # fmt: skip
         header = note(
@@ -187,8 +184,6 @@ class RoutingExplorer(Explorer):
                 heat.data[1 + k].update(x=np.tile(x_n, len(ks)) if k < K else [], y=e,
                                         customdata=g, marker=dict(color=colours[e],
                                         size=5 + 14 * np.sqrt(np.clip(g, 0, 1))))  # fmt: skip
-            for k in range(len(RANK_SYMBOLS)):
-                heat.data[1 + len(RANK_SYMBOLS) + k].visible = k < K
             heat.layout.height = 150 + 24 * E
             heat.layout.yaxis.range = [-0.5, E - 0.5]
             heat.layout.xaxis.range = [start - 0.5, max(stop, start + 1) - 0.5]
