@@ -73,7 +73,7 @@ class LMConfig:
     """
 
     vocab_size: int = 256
-    seq_len: int = 128
+    seq_len: int = 64
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4

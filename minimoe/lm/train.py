@@ -64,9 +64,9 @@ class TrainConfig:
         device: "cpu", "cuda", ...
     """
 
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
+    steps: int = 700
+    batch_size: int = 64
+    lr: float = 1e-2
     weight_decay: float = 0.1
     warmup: int = 30
     aux_coef: float = 1e-2
