@@ -64,7 +64,8 @@ class LMConfig:
         moe_every: every n-th block has an MoE feed-forward layer (blocks n-1, 2n-1, ...);
             0 makes a dense model.
         n_experts, top_k: E and K of each MoE layer.
-        d_ff: F, each expert's hidden size (a dense layer's hidden size when moe_every = 0).
+        d_ff: F, each expert's hidden size; a dense block of an MoE model has top_k * F, the
+            active size of an MoE block (`dense_d_ff`); in a dense model (moe_every = 0) it is F.
         activation: "swiglu" or "gelu", for experts and dense FFNs alike.
         gating, noise, capacity_formula, capacity_factor, min_capacity, drop_policy,
             aux_loss: passed to each layer's `MoEConfig` (see `minimoe.config`).
@@ -125,6 +126,11 @@ class LMConfig:
         return self.moe_every > 0 and (i + 1) % self.moe_every == 0
 
     @property
+    def dense_d_ff(self) -> int:
+        """The hidden size of the dense blocks: top_k * d_ff in an MoE model, d_ff in a dense one."""
+        return self.d_ff if self.moe_every == 0 else self.top_k * self.d_ff
+
+    @property
     def n_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.n_layers))
 
@@ -152,7 +158,8 @@ class LMConfig:
 
 def dense_twin(cfg: LMConfig) -> LMConfig:
     """The dense model with the same active FFN weights per token: every block dense, of hidden
-    size top_k * d_ff, same activation (a dense config is its own twin).
+    size top_k * d_ff, same activation (a dense config is its own twin). The dense blocks of an
+    MoE model with moe_every > 1 already have that size, so they are unchanged.
 
     Args:
         cfg: an `LMConfig`.
@@ -216,7 +223,7 @@ class Block(nn.Module):
         self.ffn = (
             MoELayer(cfg.moe_config(seed), experts_fn=experts_fn)
             if moe
-            else DenseFFN(cfg.d_model, cfg.d_ff, cfg.activation)
+            else DenseFFN(cfg.d_model, cfg.dense_d_ff, cfg.activation)
         )
         self.drop = nn.Dropout(cfg.dropout)
 
