@@ -52,6 +52,17 @@ def test_causal_a_future_byte_does_not_change_earlier_logits(cfg):
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
 
+def test_position_drops_stay_causal_within_a_sequence():
+    cfg = LMConfig(**{**TINY.to_dict(), "capacity_formula": "megatron", "capacity_factor": 0.5})
+    model = _model(cfg)
+    idx = _idx(B=1)
+    changed = idx.clone()
+    changed[0, 9] = (changed[0, 9] + 7) % 256
+    (a, ra), (b, _) = model(idx), model(changed)
+    assert ra[0].stats.drop_rate > 0.2
+    assert_close(b[:, :9], a[:, :9], atol=1e-12, name="logits before the change")
+
+
 def test_count_params_by_hand():
     V, S, D, L, E, F = 256, 12, 16, 2, 4, 8
     per_block = 4 * D * D + 2 * D + E * D + E * 3 * D * F  # attention, 2 norms, router, experts

@@ -114,7 +114,7 @@ def describe_model(cfg: LMConfig, total: int, active: int) -> str:
     if cfg.moe_every == 0:
         ffn = f"dense FFN (d_ff {cfg.d_ff}, {cfg.activation})"
     else:
-        where = "every block" if cfg.moe_every == 1 else f"every {cfg.moe_every}th block"
+        where = "every block" if cfg.moe_every == 1 else f"one block in {cfg.moe_every}"
         ffn = (
             f"MoE in {where}: {cfg.n_experts} experts, top-{cfg.top_k}, d_ff {cfg.d_ff} "
             f"({cfg.activation}, {cfg.gating} gating, {cfg.capacity_formula})"

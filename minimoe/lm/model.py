@@ -14,6 +14,11 @@ routers, E*D per MoE layer (`count_params` counts both exactly).
 The experts implementation is an explicit argument (`experts_fn`, any function with the
 signature of `minimoe.reference_moe`); `EXPERTS_IMPLS` names the ones the command line offers.
 
+With a capacity limit the bytes of a batch compete for expert slots. Under the "position" drop
+policy a byte can lose its slot only to bytes before it in the flattened batch (earlier bytes of
+its sequence, or any byte of an earlier sequence); the other policies let later bytes take it,
+which leaks the future into the past. The default, dropless routing, has no such coupling.
+
 Left out: rotary embeddings, grouped-query attention, KV caching, shared experts.
 """
 
@@ -40,8 +45,11 @@ from minimoe.layer import MoELayer, MoEResult
 from minimoe.loop import loop_moe
 from minimoe.sorted import grouped_mm_moe, padded_bmm_moe
 
-# The experts implementations by name. On CPU at this model's sizes the loop over experts is
-# the fastest with autograd (measured in the tests' docstring of test_lm_model.py).
+# The experts implementations by name. The default is the loop over experts: one training step
+# (forward, backward, AdamW) of the default model, 2 blocks, D = F = 64, E = 8, K = 2, on
+# 32 x 128 bytes and one CPU thread took 70 ms with it, 76 ms with grouped_mm and 57 ms for the
+# dense twin (best of 6; torch 2.13). At these sizes the per-expert matmuls are too small for
+# the sort and the grouped kernel to pay off.
 EXPERTS_IMPLS: dict[str, ExpertsFn] = {
     "loop": loop_moe,
     "grouped_mm": grouped_mm_moe,
