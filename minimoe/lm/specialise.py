@@ -246,6 +246,8 @@ def route_text(model: torch.nn.Module, text_bytes: bytes | str) -> list[torch.Te
         model.
     """
     data = _as_bytes(text_bytes)
+    if not data:
+        return [torch.zeros(0, dtype=torch.long) for _ in getattr(model, "moe_layers", [])]
     seq_len = model.cfg.seq_len
     device = next(model.parameters()).device
     idx_T = torch.tensor(list(data), dtype=torch.long, device=device)
@@ -264,9 +266,6 @@ def route_text(model: torch.nn.Module, text_bytes: bytes | str) -> list[torch.Te
                 chosen.append(result.routing.expert_TK[:, 0].cpu())
     finally:
         model.train(was_training)
-    if not per_layer and len(data) == 0:
-        n_layers = len(getattr(model, "moe_layers", []))
-        return [torch.zeros(0, dtype=torch.long) for _ in range(n_layers)]
     return [torch.cat(chosen) for chosen in per_layer]
 
 
