@@ -121,10 +121,15 @@ class MoELayer(nn.Module):
             gate_TK = renormalize_survivors(routing.gate_TK, keep_TK)
         routing.gate_TK = gate_TK
         y_TD = self.experts_fn(x_TD, routing.expert_TK, gate_TK, self.experts.params, keep_TK)
+        # DeepSeek-V3's sigmoid scores do not sum to 1; its balance loss normalises them per token
+        # first (arXiv 2412.19437, eq. 19), so the loss is 1 at perfect balance here too.
+        probs_TE = routing.probs_TE
+        if cfg.gating == "deepseek_v3":
+            probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True).clamp_min(1e-20)
         if cfg.aux_loss == "switch":
-            aux = load_balancing_loss(routing.probs_TE, routing.expert_TK)
+            aux = load_balancing_loss(probs_TE, routing.expert_TK)
         elif cfg.aux_loss == "mixtral":
-            aux = mixtral_load_balancing_loss(routing.probs_TE, routing.expert_TK)
+            aux = mixtral_load_balancing_loss(probs_TE, routing.expert_TK)
         else:
             aux = logits_TE.new_zeros(())
         stats = routing_stats(

@@ -68,6 +68,19 @@ def test_losses_are_returned_and_differentiable():
     assert _layer(CFG.replace(aux_loss="none"))(x)[1].aux_loss.item() == 0.0
 
 
+def test_deepseek_v3_balance_loss_normalises_the_sigmoid_scores():
+    # DeepSeek-V3 eq. 19: s' = s / sum_j s_j before averaging, so the loss is 1 at balance.
+    layer = _layer(CFG.replace(gating="deepseek_v3"))
+    with torch.no_grad():
+        layer.router.w_ED.zero_()  # every score sigmoid(0) = 0.5: P_e = 1/E whatever is chosen
+    _, res = layer(torch.randn(32, 16, dtype=torch.float64))
+    assert_close(res.aux_loss, torch.tensor(1.0))
+    _, res = _layer(CFG.replace(gating="deepseek_v3"))(torch.randn(32, 16, dtype=torch.float64))
+    s_TE = res.routing.probs_TE / res.routing.probs_TE.sum(-1, keepdim=True)
+    f_E = torch.bincount(res.routing.expert_TK.flatten(), minlength=4).to(s_TE.dtype) / 64
+    assert_close(res.aux_loss, 4 * (f_E * s_TE.mean(0)).sum())
+
+
 def test_selection_bias_moves_load_but_not_weights():
     cfg = CFG.replace(gating="deepseek_v3", top_k=1)
     layer = _layer(cfg)
