@@ -12,9 +12,20 @@ from minimoe.lm.checkpoint import load_checkpoint, save_checkpoint
 from minimoe.lm.data import STDLIB_FILES, Corpus, build_corpus, get_batch, unigram_loss
 from minimoe.lm.model import EXPERTS_IMPLS, LMConfig, TinyLM, count_params, dense_twin
 from minimoe.lm.recorder import RoutingRecorder
+from minimoe.lm.specialise import (
+    CHAR_CLASSES,
+    char_classes,
+    class_expert_counts,
+    measure_specialisation,
+    mutual_information,
+    normalised_mutual_information,
+    random_router_baseline,
+    route_text,
+)
 from minimoe.lm.train import History, TrainConfig, TrainResult, evaluate, lm_loss, train
 
 __all__ = [
+    "CHAR_CLASSES",
     "EXPERTS_IMPLS",
     "STDLIB_FILES",
     "Corpus",
@@ -25,12 +36,19 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_corpus",
+    "char_classes",
+    "class_expert_counts",
     "count_params",
     "dense_twin",
     "evaluate",
     "get_batch",
     "lm_loss",
     "load_checkpoint",
+    "measure_specialisation",
+    "mutual_information",
+    "normalised_mutual_information",
+    "random_router_baseline",
+    "route_text",
     "save_checkpoint",
     "train",
     "unigram_loss",

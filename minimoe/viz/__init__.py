@@ -13,6 +13,8 @@ returning a widget whose `.controls` can be set from Python and whose `.figures`
     routing_explorer()          # E, K, gating, noise, temperature, input batch
     capacity_explorer()         # capacity factor, formula, drop policy, renormalise, batch
     token_colouring(tokens, expert_T, n_experts)   # text coloured by expert (HTML)
+    collapse_explorer()         # the collapse lab: remedy and strength, load over training
+    load_animation(load_SE)     # per-expert load over training steps, animated
 
 Every number shown is computed by the library (`minimoe.route`, `minimoe.Router`,
 `minimoe.assign_slots`, `minimoe.expert_capacity`, `minimoe.routing_stats`); these modules only
@@ -31,13 +33,17 @@ from minimoe.viz.static import (
     plot_routing_heatmap,
 )
 from minimoe.viz.tokens import token_colouring, token_html
+from minimoe.viz.training import CollapseExplorer, collapse_explorer, load_animation
 
 __all__ = [
     "CapacityExplorer",
+    "CollapseExplorer",
     "RoutingExplorer",
     "capacity_explorer",
+    "collapse_explorer",
     "expert_colour",
     "expert_colours",
+    "load_animation",
     "plot_drop_rate_vs_capacity",
     "plot_expert_load",
     "plot_load_over_steps",
