@@ -15,6 +15,8 @@ What this file adds:
   is reported as a failure: the check is broken, not merely unanswered.
 - Outputs are never compared (notebooks are stored without outputs), even in cells marked
   NBVAL_CHECK_OUTPUT.
+- Unit-test runs (not nbval) without a CUDA GPU set TRITON_INTERPRET=1 for the whole run, so every
+  Triton kernel a test file defines runs in Triton's CPU interpreter. Notebooks set it themselves.
 - Kernels start with PYTHONHASHSEED=0 and this repository first on PYTHONPATH, so notebooks
   import this checkout's `minimoe` and set iteration order is the same on every run. Notebooks
   seed torch themselves.
@@ -57,11 +59,24 @@ def _is_exercise_check(item: pytest.Item) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     if not _nbval_on(config):
+        _triton_interpreter_without_gpu()
         return
     # nbval's kernels inherit this process's environment (set before any kernel starts).
     os.environ["PYTHONHASHSEED"] = "0"
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def _triton_interpreter_without_gpu() -> None:
+    """Without a CUDA GPU, Triton runs only in its interpreter, which must be on before any kernel is
+    defined. Test files import Triton kernels at collection, and xdist collects every file in each
+    worker, so the switch is made once here for the whole run rather than by each file in turn."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
