@@ -6,13 +6,10 @@ lists of variants), so these tests show that every hint a check gives is reachab
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails_with, not_done
+from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe.checks.ch02 import check_gate
 from minimoe.checks.ch02_noise import check_noisy_logits
@@ -281,12 +278,8 @@ def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/02 calls its check, and its title is the check's."""
     from minimoe.checks import ch02, ch02_noise, ch02_trap
 
-    titles = {ex.number: ex.title for ex in (ch02.GATE, ch02_noise.NOISY, ch02_trap.TRAP)}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "02_routing.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch02" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["02_routing.ipynb"],
+        (ch02.GATE, ch02_noise.NOISY, ch02_trap.TRAP),
+        "from minimoe.checks.ch02",
+    )

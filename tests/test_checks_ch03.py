@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails_with, not_done
+from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe import expert_capacity, loop_moe
 from minimoe.checks.ch03 import CAPACITY_CASES, check_capacity, check_k_major
@@ -241,18 +241,10 @@ def test_dropped_output_wrong(answer, words) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/03 calls its check, and its title is the check's."""
-    import json
-    from pathlib import Path
-
     from minimoe.checks import ch03, ch03_drops
 
-    exercises = (ch03.CAPACITY, ch03.K_MAJOR, ch03_drops.DROP_RATE, ch03_drops.DROPPED_OUTPUT)
-    titles = {ex.number: ex.title for ex in exercises}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "03_capacity.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch03" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["03_capacity.ipynb"],
+        (ch03.CAPACITY, ch03.K_MAJOR, ch03_drops.DROP_RATE, ch03_drops.DROPPED_OUTPUT),
+        "from minimoe.checks.ch03",
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails_with, not_done
+from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe.checks.ch04 import check_collapse_metrics, check_switch_loss, check_z_loss
 from minimoe.checks.ch04_bias import check_bias_balancing
@@ -188,17 +188,10 @@ def test_bias_wrong(update, topk, words) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/04 calls its check, and its title is the check's."""
-    import json
-    from pathlib import Path
-
     from minimoe.checks import ch04, ch04_bias
 
-    titles = {ex.number: ex.title for ex in (ch04.SWITCH, ch04.ZLOSS, ch04.METRICS, ch04_bias.BIAS)}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "04_balancing.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch04" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["04_balancing.ipynb"],
+        (ch04.SWITCH, ch04.ZLOSS, ch04.METRICS, ch04_bias.BIAS),
+        "from minimoe.checks.ch04",
+    )

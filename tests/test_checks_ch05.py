@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails_with, not_done
+from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe.checks.ch05 import check_dispatch_combine, check_sort_by_expert
 from minimoe.checks.ch05_padded import check_padded_experts
@@ -259,17 +259,10 @@ def test_padded_unknown_mistake_reports_the_difference() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/05 calls its check, and its title is the check's."""
-    import json
-    from pathlib import Path
-
     from minimoe.checks import ch05, ch05_padded
 
-    titles = {ex.number: ex.title for ex in (ch05.DISPATCH, ch05.SORT, ch05_padded.PADDED)}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "05_vectorised.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch05" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["05_vectorised.ipynb"],
+        (ch05.DISPATCH, ch05.SORT, ch05_padded.PADDED),
+        "from minimoe.checks.ch05",
+    )

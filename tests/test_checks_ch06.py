@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from check_helpers import fails_with  # noqa: E402
+from check_helpers import assert_check_cells_match, fails_with  # noqa: E402
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -440,17 +440,10 @@ def test_watch_blocks_and_records_out_of_bounds_stores() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/06 calls its check, and its title is the check's."""
-    import json
-    from pathlib import Path
-
     from minimoe.checks import ch06, ch06_gather
 
-    titles = {ex.number: ex.title for ex in (ch06.SCALED_ADD, ch06.TILE, ch06_gather.GATHER)}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "06_triton.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch06" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["06_triton.ipynb"],
+        (ch06.SCALED_ADD, ch06.TILE, ch06_gather.GATHER),
+        "from minimoe.checks.ch06",
+    )

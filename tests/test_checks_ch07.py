@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails_with, not_done
+from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe.checks.ch07 import check_train_step
 from minimoe.checks.ch07_specialise import check_specialisation
@@ -271,17 +271,8 @@ def test_train_step_unknown_mistake_reports_the_distance() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/07 calls its check, and its title is the check's."""
-    import json
-    from pathlib import Path
-
     from minimoe.checks import ch07, ch07_specialise
 
-    titles = {ex.number: ex.title for ex in (ch07.STEP, ch07_specialise.SPECIALISE)}
-    path = Path(__file__).resolve().parent.parent / "solutions" / "07_training.ipynb"
-    seen = {}
-    for cell in json.loads(path.read_text())["cells"]:
-        if "check" in cell["metadata"].get("tags", []):
-            meta = cell["metadata"]["minimoe"]
-            seen[meta["exercise"]] = meta["title"]
-            assert "from minimoe.checks.ch07" in "".join(cell["source"])
-    assert seen == titles
+    assert_check_cells_match(
+        ["07_training.ipynb"], (ch07.STEP, ch07_specialise.SPECIALISE), "from minimoe.checks.ch07"
+    )
