@@ -147,6 +147,12 @@ class Explorer(widgets.VBox):
         self.update_ms.setdefault(name, []).append(ms)
 
 
+def column_layout() -> widgets.Layout:
+    """The controls' column keeps its width: beside a figure it would otherwise be squeezed and
+    clip the dropdowns. Room for the 26em controls."""
+    return widgets.Layout(flex="0 0 auto", width="27.5em", overflow="visible")
+
+
 def control_layout(description_width: str = "11em") -> dict:
     """Common keyword arguments of the explorers' controls (a readable, aligned label column)."""
     return dict(

@@ -31,6 +31,7 @@ from minimoe.viz._widgets import (
     DROPPED_EDGE,
     EMPTY_COLOUR,
     Explorer,
+    column_layout,
     control_layout,
     expert_colours,
     note,
@@ -114,7 +115,7 @@ class CapacityExplorer(Explorer):
         curve.update_layout(
             title="Drop rate vs capacity factor", xaxis_title="capacity factor cf",
             yaxis_title="fraction", yaxis_range=[0, 1], template="plotly_white", modebar_orientation="v", height=300,
-            width=520, legend=dict(x=0.98, xanchor="right", y=0.98), margin=dict(l=60, r=20,
+            width=470, legend=dict(x=0.98, xanchor="right", y=0.98), margin=dict(l=60, r=20,
                                                                                   t=50, b=50),
         )  # fmt: skip
         header = note(
@@ -122,7 +123,7 @@ class CapacityExplorer(Explorer):
             "decides the order of its queue, and the slots past C are dropped: a dropped "
             "token's expert output is 0 and the token continues through the residual."
         )
-        left = widgets.VBox([header, *c.values(), self.summary])
+        left = widgets.VBox(layout=column_layout(), children=[header, *c.values(), self.summary])
         children = [widgets.HBox([left, curve]), queues, self.table]
         super().__init__(children, controls=c, figures={"queues": queues, "drop_curve": curve})
         self._watch(self._update)

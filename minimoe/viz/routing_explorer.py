@@ -29,7 +29,7 @@ from minimoe.config import GATINGS, NOISES
 from minimoe.metrics import routing_stats
 from minimoe.router import Router
 from minimoe.routing import route
-from minimoe.viz._widgets import Explorer, control_layout, expert_colours, note
+from minimoe.viz._widgets import Explorer, column_layout, control_layout, expert_colours, note
 from minimoe.viz.batches import TOKEN_BATCHES, token_batch
 
 RANK_SYMBOLS = ("circle", "diamond", "square")  # 1st, 2nd, 3rd and later choices
@@ -112,7 +112,7 @@ class RoutingExplorer(Explorer):
                          line=dict(color="#555555", dash="dot"))  # fmt: skip
         load.update_layout(
             xaxis_title="expert", yaxis_title="slots", xaxis_dtick=1, template="plotly_white", modebar_orientation="v",
-            height=300, width=520, showlegend=False, margin=dict(l=60, r=20, t=50, b=50),
+            height=300, width=470, showlegend=False, margin=dict(l=60, r=20, t=50, b=50),
         )  # fmt: skip
         header = note(
             "<b>Routing explorer.</b> Noise is a <i>training-time</i> regulariser: it acts "
@@ -120,7 +120,7 @@ class RoutingExplorer(Explorer):
             "Temperature rescales the logits: it changes the weights and the entropy, not "
             "which experts are chosen (unless noise is on)."
         )
-        left = widgets.VBox([header, *c.values(), self.noise_note])
+        left = widgets.VBox(layout=column_layout(), children=[header, *c.values(), self.noise_note])
         children = [widgets.HBox([left, load]), self.info, heat]
         super().__init__(children, controls=c, figures={"heatmap": heat, "load": load})
         self._watch(self._update)

@@ -143,7 +143,7 @@ def plot_expert_load(
     stats = routing_stats(expert_TK, n_experts, keep_TK=None if keep_TK is None else keep_TK.cpu())
     kept_E = stats.load_E.numpy()
     dropped_E = (stats.routed_E - stats.load_E).numpy()
-    ax = _new_ax(ax, (min(2.5 + 0.45 * n_experts, 16), 3.4))
+    ax = _new_ax(ax, (min(4.5 + 0.45 * n_experts, 18), 3.4))
     x_E = np.arange(n_experts)
     ax.bar(x_E, kept_E, color=expert_colours(n_experts), edgecolor="black", linewidth=0.5,
            label="kept")  # fmt: skip
@@ -164,7 +164,9 @@ def plot_expert_load(
                Patch(facecolor=DROPPED_COLOUR, edgecolor=DROPPED_EDGE, hatch="///",
                      label="dropped")]  # fmt: skip
     handles += [h for h in ax.get_legend_handles_labels()[0] if isinstance(h, Line2D)]
-    ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
+    # beside the bars, not over them: a tall bar is the one a reader wants to see
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, frameon=False)  # fmt: skip
     ax.spines[["top", "right"]].set_visible(False)
     return ax
 
