@@ -69,7 +69,7 @@ def classroom(tmp_path_factory):
     write(drop(dan, is_answer("98.2")), room / "dan_98_fixture.ipynb")  # ... answer 98.2 deleted
     write(exercise_notebook(solution()), room / "erin_98_fixture.ipynb")  # handed in untouched
     write(solution(), room / "frank_97_unknown.ipynb")  # no such chapter
-    write(solution(), room / "notes.ipynb")  # no chapter at all
+    write(nbformat.v4.new_notebook(), room / "notes.ipynb")  # no chapter at all
     return room, g.grade([room], SOLUTIONS, timeout=3)
 
 
@@ -92,6 +92,14 @@ def test_student_and_chapter_come_from_file_names_and_folders(tmp_path):
     assert g.chapter_of(Path("notes.ipynb"), nb) is None
     nb.metadata["minimoe"] = {"chapter": 3}
     assert g.chapter_of(Path("notes.ipynb"), nb) == "03"
+    # a renamed file: the chapter comes from its check cells' exercise numbers, if they agree
+    checks = nbformat.v4.new_notebook()
+    for number in ("06.1", "06.3"):
+        cell = nbformat.v4.new_code_cell("check()", metadata={"minimoe": {"exercise": number}})
+        checks.cells.append(cell)
+    assert g.chapter_of(Path("alice_06.ipynb"), checks) == "06"
+    checks.cells[1].metadata["minimoe"]["exercise"] = "07.1"
+    assert g.chapter_of(Path("alice_06.ipynb"), checks) is None
 
 
 def test_graded_notebook_restores_each_check_after_its_answer():

@@ -82,13 +82,22 @@ def find_submissions(paths: list[str | Path]) -> list[tuple[Path, str]]:
 
 
 def chapter_of(path: Path, nb: NotebookNode) -> str | None:
-    """The chapter "NN": metadata minimoe.chapter if set, else the `NN_` in the file name."""
+    """The chapter "NN": metadata minimoe.chapter if set, else the `NN_` in the file name, else
+    the chapter of the exercise numbers ("06.2") on the notebook's check cells, when they agree
+    (a learner may rename the file: `alice_06.ipynb`)."""
     meta = nb.metadata.get("minimoe", {})
     if isinstance(meta, dict) and meta.get("chapter") is not None:
         chapter = meta["chapter"]
         return f"{chapter:02d}" if isinstance(chapter, int) else str(chapter)
     match = CHAPTER_IN_NAME.search(path.name)
-    return match.group(1) if match else None
+    if match:
+        return match.group(1)
+    chapters = set()
+    for cell in nb.cells:
+        exercise = cell.get("metadata", {}).get("minimoe", {}).get("exercise")
+        if isinstance(exercise, str) and re.fullmatch(r"\d{2}\.\d+", exercise):
+            chapters.add(exercise[:2])
+    return chapters.pop() if len(chapters) == 1 else None
 
 
 def solution_for(chapter: str, solutions_dir: Path) -> Path | None:
