@@ -119,10 +119,11 @@ def validate_experts_inputs(
         raise ValueError(
             f"inputs are on different devices: {sorted({str(t.device) for t in tensors})}"
         )
-    if expert_TK.numel() and (int(expert_TK.min()) < 0 or int(expert_TK.max()) >= E):
-        raise ValueError(
-            f"expert ids must be in [0, {E}), got [{int(expert_TK.min())}, {int(expert_TK.max())}]"
-        )
+    if expert_TK.numel():
+        lo, hi = torch.aminmax(expert_TK)  # one reduction, one device sync
+        lo, hi = torch.stack([lo, hi]).tolist()
+        if lo < 0 or hi >= E:
+            raise ValueError(f"expert ids must be in [0, {E}), got [{lo}, {hi}]")
 
 
 class Experts(nn.Module):
