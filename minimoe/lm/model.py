@@ -45,6 +45,15 @@ from minimoe.layer import MoELayer, MoEResult
 from minimoe.loop import loop_moe
 from minimoe.sorted import grouped_mm_moe, padded_bmm_moe
 
+
+def triton_experts(x_TD, expert_TK, gate_TK, params, keep_TK=None):
+    """`minimoe.triton.triton_moe`, imported on first use: Triton is optional, and needs a CUDA GPU
+    (or, on a CPU, TRITON_INTERPRET=1 set before the first call: correct but far too slow to train)."""
+    from minimoe.triton import triton_moe
+
+    return triton_moe(x_TD, expert_TK, gate_TK, params, keep_TK)
+
+
 # The experts implementations by name. The default is the loop over experts: one training step
 # (forward, backward, AdamW) of the default model, 2 blocks, D = F = 64, E = 8, K = 2, on
 # 32 x 128 bytes and one CPU thread took 70 ms with it, 76 ms with grouped_mm and 57 ms for the
@@ -55,6 +64,7 @@ EXPERTS_IMPLS: dict[str, ExpertsFn] = {
     "grouped_mm": grouped_mm_moe,
     "padded_bmm": padded_bmm_moe,
     "einsum": einsum_moe,
+    "triton": triton_experts,
 }
 DEFAULT_EXPERTS_IMPL = "loop"
 
