@@ -238,6 +238,10 @@ def test_clear_errors(monkeypatch):
         mt.triton_moe(x, e + 5, g, p)
     with pytest.raises(ValueError, match="block_k"):
         mt.KernelConfig(block_k=8)
+    with pytest.raises(ValueError, match="out must be"):
+        mt.fused_experts_v3(x, e, g, p, out=torch.empty(3, 16, device=x.device))
+    with pytest.raises(ValueError, match="out must be"):
+        mt.grouped_gemm_v2(x, p.w1_EFD, e, out=torch.empty(8, 16, device=x.device).half())
     if INTERP:
         bf = p._replace(w1_EFD=p.w1_EFD.bfloat16(), w2_EDF=p.w2_EDF.bfloat16(), w3_EFD=p.w3_EFD.bfloat16())  # fmt: skip
         with pytest.raises(TypeError, match="the interpreter has no bfloat16"):

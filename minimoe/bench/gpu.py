@@ -1,4 +1,4 @@
-"""The GPU side of the benchmark: the two ceilings, the roofline columns and the issue's targets.
+"""The GPU side of the benchmark: the two ceilings, the roofline columns and the speed targets.
 
 On a CUDA device the sweep (`cli.py`) also measures, once per run and on the same GPU:
 
@@ -14,9 +14,9 @@ least one slot: the bytes any implementation must read), each as a percent of it
 for the Triton rows and the grouped-matmul path, forward + backward time (gradients of x, the
 gates and every weight; 3x the forward FLOPs).
 
-Targets (issue 4): at T >= 4096, Triton at least as fast as the torch grouped-matmul path and at
-least 50% of the matmul ceiling; at T <= 16, at least 75% of the copy ceiling over the touched
-weights; forward + backward at least as fast as the grouped-matmul path.
+Targets of the Triton kernels: at T >= 4096, at least as fast as the torch grouped-matmul path
+and at least 50% of the matmul ceiling; at T <= 16, at least 75% of the copy ceiling over the
+touched weights; forward + backward at least as fast as the grouped-matmul path.
 
 Left out: power and clock control (figures are as the GPU boosts), L2 flushing between calls.
 """
@@ -155,7 +155,7 @@ def _fmt_pct(v: float | None) -> str:
 
 
 def target_report(rows: list[dict], ceilings: dict) -> list[str]:
-    """The issue's GPU targets, as measured: one markdown line per target, 'met' or 'missed'.
+    """The GPU speed targets, as measured: one markdown line per target, 'met' or 'missed'.
 
     rows: sweep rows (forward ms in "ms_median", optional "ms_fwd_bwd" and "pct_*" columns).
     """
@@ -208,7 +208,7 @@ def target_report(rows: list[dict], ceilings: dict) -> list[str]:
 def gpu_markdown(result: dict) -> list[str]:
     """The GPU section of the report: targets, then the roofline columns of the Triton rows."""
     ceilings = result["ceilings"]
-    out = ["", "## GPU targets (issue 4)", "", *target_report(result["rows"], ceilings), ""]
+    out = ["", "## GPU targets", "", *target_report(result["rows"], ceilings), ""]
     out += ["## Roofline (forward; fwd+bwd in ms)", ""]
     out += ["| shape | routing | T | impl | ms | TFLOP/s | % matmul | TB/s touched | % copy | fwd+bwd ms |"]  # fmt: skip
     out += ["|---" * 10 + "|"]

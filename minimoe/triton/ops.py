@@ -265,8 +265,12 @@ def grouped_gemm_v2(
     cfg = check_inputs(x_TD, expert_TK, gate, fake, keep_TK, config)
     T, K = expert_TK.shape
     out_NO = empty((T * K, O), x_TD.dtype, x_TD.device) if out is None else out
-    if tuple(out_NO.shape) != (T * K, O) or out_NO.dtype != x_TD.dtype:
-        raise ValueError(f"out must be a {x_TD.dtype} ({T * K}, {O}) tensor")
+    if (
+        tuple(out_NO.shape) != (T * K, O)
+        or out_NO.dtype != x_TD.dtype
+        or out_NO.device != x_TD.device
+    ):
+        raise ValueError(f"out must be a {x_TD.dtype} ({T * K}, {O}) tensor on {x_TD.device}")
     layout = align_slots(expert_TK, keep_TK, E, cfg.block_m)
     grouped_gemm(x_TD, w_EOI, out_NO, layout, cfg, a_row_div=K)
     if keep_TK is not None:
@@ -293,6 +297,12 @@ def fused_experts_v3(
         y_TD in x's dtype.
     """
     cfg = check_inputs(x_TD, expert_TK, gate_TK, params, keep_TK, config)
+    if out is not None and (
+        tuple(out.shape) != tuple(x_TD.shape)
+        or out.dtype != x_TD.dtype
+        or out.device != x_TD.device
+    ):
+        raise ValueError(f"out must be a {x_TD.dtype} {tuple(x_TD.shape)} tensor on {x_TD.device}")
     return forward_no_grad(x_TD, expert_TK, gate_TK, params, keep_TK, cfg, out)
 
 
