@@ -147,6 +147,25 @@ def test_bias_balancing_moves_the_selection_bias_only_when_asked(corpus):
     assert still.moe_layers[0].router.bias_E.abs().sum() == 0
 
 
+def test_bias_balancing_counts_routed_slots_not_the_survivors_of_a_capacity(corpus):
+    # cf 0.5 drops half the slots: the busy experts' kept loads are all capped at C, so a rule
+    # that counted survivors would see them as balanced and leave their biases alone
+    changes = {"gating": "deepseek_v3", "capacity_formula": "megatron", "capacity_factor": 0.5}
+    cfg = LMConfig(**{**CFG.to_dict(), **changes})
+    model, seen = _model(cfg), []
+    train(
+        model,
+        corpus,
+        TrainConfig(steps=1, bias_rate=1e-2, **FAST),
+        progress=False,
+        callback=lambda step, m, results, info: seen.extend(results),
+    )
+    for layer, r in zip(model.moe_layers, seen):
+        routed_E = r.stats.routed_E.double()
+        assert r.stats.drop_rate > 0
+        assert_close(layer.router.bias_E, 1e-2 * torch.sign(routed_E.mean() - routed_E))
+
+
 def test_checkpoint_round_trip(corpus, tmp_path):
     cfg = LMConfig(**{**CFG.to_dict(), "gating": "deepseek_v3", "tie_embeddings": False})
     model = _model(cfg)

@@ -126,15 +126,19 @@ def describe_model(cfg: LMConfig, total: int, active: int) -> str:
     )
 
 
-def routing_report(result: TrainResult, last: int = 50) -> str:
-    """A table of each MoE layer's routing statistics, averaged over the last steps."""
+def routing_report(result: TrainResult, last: int = 50, top_k: int = 1) -> str:
+    """A table of each MoE layer's routing statistics, averaged over the last steps.
+
+    `top_k` (K) only sets the collapsed value of max/mean quoted in the header: E / K, when
+    every token's K choices land on the same K experts."""
     rows = result.records.summary(last)
     if not rows:
         return "routing: none (dense model)"
     n = min(last, len(result.records))
     E = len(rows[0]["load_fraction_E"])
     lines = [
-        f"routing, mean of the last {n} steps (load max/mean 1 = even, {E} = all on one; "
+        f"routing, mean of the last {n} steps (load max/mean 1 = even, {E / top_k:g} = all "
+        f"on the same {top_k} expert{'s' * (top_k != 1)}; "
         f"entropies at most ln {E} = {math.log(E):.2f}):",
         "  layer  load max/mean  dead experts  router entropy  load entropy  drop rate"
         "    aux      z",
@@ -188,7 +192,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"{baseline - result.val_loss:.3f} below it ({result.val_loss / baseline:.0%} of it); "
         f"last train lm loss {h.lm_loss[-1]:.3f}, aux {h.aux_loss[-1]:.3f}, z {h.z_loss[-1]:.3f}"
     )
-    print(routing_report(result))
+    print(routing_report(result, top_k=cfg.top_k))
     if args.save:
         path = save_checkpoint(args.save, model, cfg, step=result.steps, val_loss=result.val_loss)
         print(f"saved checkpoint to {path}")

@@ -21,7 +21,8 @@ this is what makes a dense-vs-MoE comparison at equal wall-clock fair. The clock
 steps only, not evaluations.
 
 Routers with a DeepSeek-V3 selection bias are balanced without a loss after every step,
-b += bias_rate * sign(mean_load - load) (arXiv 2408.15664), when `bias_rate` > 0.
+b += bias_rate * sign(mean_load - load) (arXiv 2408.15664), when `bias_rate` > 0; the load
+counts the slots routed to each expert, before any capacity drops.
 
 Left out: gradient accumulation, mixed precision, learning-rate finders, distributed training.
 """
@@ -280,7 +281,7 @@ def train(
         if tcfg.bias_rate > 0:
             for layer, r in zip(model.moe_layers, results):
                 if layer.router.bias_E is not None:
-                    layer.router.update_bias(r.stats.load_E, tcfg.bias_rate)
+                    layer.router.update_bias(r.stats.routed_E, tcfg.bias_rate)
         wall_s += time.perf_counter() - t0
         tokens += x_BS.numel()
         info = dict(lm_loss=lm.item(), aux_loss=aux.item(), z_loss=z.item())
