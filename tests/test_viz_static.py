@@ -93,6 +93,14 @@ def test_expert_load_stacks_kept_and_dropped_with_the_capacity_line():
     assert _line(ax, "capacity").get_ydata()[0] == 2
     assert _line(ax, "balanced").get_ydata()[0] == pytest.approx(8 / 3)
     assert "37.5% of slots dropped" in ax.get_title()
+    assert "dropped" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_expert_load_without_a_mask_has_no_dropped_legend_entry():
+    ax = plot_expert_load(EXPERT_TK, 3)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "dropped" not in labels and "kept (expert colour)" in labels
+    assert [b.get_height() for b in ax.containers[1]] == [0, 0, 0]
 
 
 def test_expert_load_edge_cases():

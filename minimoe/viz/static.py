@@ -160,9 +160,10 @@ def plot_expert_load(
     ax.set_ylabel("slots")
     drop = f", {stats.drop_rate:.1%} of slots dropped" if keep_TK is not None else ""
     ax.set_title(title or f"Load per expert ({T * K} slots{drop})")
-    handles = [Patch(facecolor="white", edgecolor="black", label="kept (expert colour)"),
-               Patch(facecolor=DROPPED_COLOUR, edgecolor=DROPPED_EDGE, hatch="///",
-                     label="dropped")]  # fmt: skip
+    handles = [Patch(facecolor="white", edgecolor="black", label="kept (expert colour)")]
+    if keep_TK is not None:  # without a capacity mask nothing is dropped: no "dropped" entry
+        handles.append(Patch(facecolor=DROPPED_COLOUR, edgecolor=DROPPED_EDGE, hatch="///",
+                             label="dropped"))  # fmt: skip
     handles += [h for h in ax.get_legend_handles_labels()[0] if isinstance(h, Line2D)]
     # beside the bars, not over them: a tall bar is the one a reader wants to see
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
