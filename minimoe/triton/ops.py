@@ -125,9 +125,7 @@ def matmul_v1(
     check_dtype(a_MK.dtype, a_MK.device)
     kernels, _ = load_kernels(a_MK.device)
     M, N = a_MK.shape[0], b_KN.shape[1]
-    c = empty((M, N), a_MK.dtype, a_MK.device) if out is None else out
-    if tuple(c.shape) != (M, N) or c.dtype != a_MK.dtype or c.device != a_MK.device:
-        raise ValueError(f"out must be a {a_MK.dtype} ({M}, {N}) tensor on {a_MK.device}")
+    c = output_buffer(out, (M, N), a_MK)
     if M and N:
         grid = (triton_cdiv(M, block_m) * triton_cdiv(N, block_n),)
         kernels.matmul_kernel[grid](
@@ -216,6 +214,17 @@ def sum_over_k(
     return torch.sum(y_TKD, dim=1, out=out)
 
 
+def output_buffer(
+    out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor
+) -> torch.Tensor:
+    """`out` checked to be a `shape` tensor in `like`'s dtype and device, or a new one if None."""
+    if out is None:
+        return empty(shape, like.dtype, like.device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"out must be a {like.dtype} {tuple(shape)} tensor on {like.device}")
+    return out
+
+
 def check_inputs(
     x_TD: torch.Tensor,
     expert_TK: torch.Tensor,
@@ -264,13 +273,7 @@ def grouped_gemm_v2(
     gate = x_TD.new_ones(expert_TK.shape)
     cfg = check_inputs(x_TD, expert_TK, gate, fake, keep_TK, config)
     T, K = expert_TK.shape
-    out_NO = empty((T * K, O), x_TD.dtype, x_TD.device) if out is None else out
-    if (
-        tuple(out_NO.shape) != (T * K, O)
-        or out_NO.dtype != x_TD.dtype
-        or out_NO.device != x_TD.device
-    ):
-        raise ValueError(f"out must be a {x_TD.dtype} ({T * K}, {O}) tensor on {x_TD.device}")
+    out_NO = output_buffer(out, (T * K, O), x_TD)
     layout = align_slots(expert_TK, keep_TK, E, cfg.block_m)
     grouped_gemm(x_TD, w_EOI, out_NO, layout, cfg, a_row_div=K)
     if keep_TK is not None:
@@ -297,12 +300,8 @@ def fused_experts_v3(
         y_TD in x's dtype.
     """
     cfg = check_inputs(x_TD, expert_TK, gate_TK, params, keep_TK, config)
-    if out is not None and (
-        tuple(out.shape) != tuple(x_TD.shape)
-        or out.dtype != x_TD.dtype
-        or out.device != x_TD.device
-    ):
-        raise ValueError(f"out must be a {x_TD.dtype} {tuple(x_TD.shape)} tensor on {x_TD.device}")
+    if out is not None:
+        output_buffer(out, tuple(x_TD.shape), x_TD)
     return forward_no_grad(x_TD, expert_TK, gate_TK, params, keep_TK, cfg, out)
 
 
