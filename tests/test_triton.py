@@ -1,15 +1,12 @@
 """The Triton kernels against the float64 oracle: outputs and every gradient, on awkward shapes.
 
 Without a CUDA GPU the kernels run in Triton's CPU interpreter, which must be switched on before
-they are defined: TRITON_INTERPRET=1 is set (if unset) at the top of this module, and restored
-when the module's tests are done, so other test files in the same worker see their own
-environment. Every case draws fresh inputs (its own seed) and runs with every buffer poisoned
+they are defined: the root conftest.py sets TRITON_INTERPRET=1 for the whole test run. Every case draws fresh inputs (its own seed) and runs with every buffer poisoned
 (NaN) first, so an element no kernel wrote fails the comparison.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zlib
@@ -18,9 +15,6 @@ from functools import partial
 import pytest
 import torch
 
-_SAVED_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import minimoe.triton as mt  # noqa: E402
@@ -34,28 +28,9 @@ from minimoe.testing import (  # noqa: E402
 from minimoe.triton import ops  # noqa: E402
 from minimoe.triton.align import align_slots  # noqa: E402
 
-if not torch.cuda.is_available() and "minimoe.triton.kernels" in sys.modules:
-    # an earlier test file in this worker defined the kernels without the interpreter
-    import importlib
-
-    from minimoe.triton import backward_kernels, kernels
-
-    if not kernels.INTERPRETED:
-        importlib.reload(kernels)
-        importlib.reload(backward_kernels)
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERP = DEVICE == "cpu"
 FP16_TOL = dict(atol=2e-2, rtol=2e-2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_environment():
-    yield
-    if _SAVED_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _SAVED_INTERPRET
 
 
 @pytest.fixture(autouse=True)
