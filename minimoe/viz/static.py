@@ -252,6 +252,19 @@ def plot_drop_rate_vs_capacity(
     return ax
 
 
+def load_shares(load_SE: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each step's load as shares of that step's slots, (S, E) float64 (a step with no slots: 0)."""
+    load = np.asarray(
+        load_SE.detach().cpu() if isinstance(load_SE, torch.Tensor) else load_SE, dtype=np.float64
+    )
+    if load.ndim != 2:
+        raise ValueError(f"load_SE must be 2-D (steps, experts), got shape {load.shape}")
+    if (load < 0).any():
+        raise ValueError("loads must be >= 0")
+    total = load.sum(1, keepdims=True)
+    return np.divide(load, total, out=np.zeros_like(load), where=total > 0)
+
+
 def plot_load_over_steps(
     load_SE: torch.Tensor | np.ndarray,
     *,
@@ -272,19 +285,13 @@ def plot_load_over_steps(
     Returns:
         The Axes (kind="area": one PolyCollection per expert; "lines": one Line2D per expert).
     """
-    load = np.asarray(load_SE.detach().cpu() if isinstance(load_SE, torch.Tensor) else load_SE,
-                      dtype=np.float64)  # fmt: skip
-    if load.ndim != 2:
-        raise ValueError(f"load_SE must be 2-D (steps, experts), got shape {load.shape}")
+    share = load_shares(load_SE)
     if kind not in ("area", "lines"):
         raise ValueError(f"kind={kind!r} is not 'area' or 'lines'")
-    if (load < 0).any():
-        raise ValueError("loads must be >= 0")
-    S, E = load.shape
+    S, E = share.shape
     x = np.arange(S) if steps is None else np.asarray(steps, dtype=np.float64)
     if len(x) != S:
         raise ValueError(f"got {len(x)} steps for {S} rows of load_SE")
-    share = load / np.clip(load.sum(axis=1, keepdims=True), 1e-30, None)
     ax = _new_ax(ax, (7.0, 3.6))
     colours = expert_colours(E)
     labels = [f"expert {e}" for e in range(E)]

@@ -25,18 +25,7 @@ import torch
 from minimoe.collapse.lab import SETTINGS, STEPS, LabResult, get_setting, run_setting
 from minimoe.collapse.task import ClusterTask, TaskConfig, make_task
 from minimoe.viz._widgets import Explorer, control_layout, expert_colours, note
-
-
-def _shares(load_SE: torch.Tensor | np.ndarray) -> np.ndarray:
-    load = np.asarray(
-        load_SE.detach().cpu() if isinstance(load_SE, torch.Tensor) else load_SE, dtype=np.float64
-    )
-    if load.ndim != 2:
-        raise ValueError(f"load_SE must be 2-D (steps, experts), got shape {load.shape}")
-    if (load < 0).any():
-        raise ValueError("loads must be >= 0")
-    total = load.sum(1, keepdims=True)
-    return np.divide(load, total, out=np.zeros_like(load), where=total > 0)
+from minimoe.viz.static import load_shares
 
 
 def load_animation(
@@ -57,7 +46,7 @@ def load_animation(
     Returns:
         A plotly Figure with `frames`, a play/pause button and a step slider.
     """
-    share_SE = _shares(load_SE)
+    share_SE = load_shares(load_SE)
     S, E = share_SE.shape
     if S == 0:
         raise ValueError("load_SE has no steps to animate")
@@ -190,7 +179,7 @@ class CollapseExplorer(Explorer):
         if getattr(self, "_last_setting", None) != name:
             self._sync_strength(name)
         res = self.result_for(name, self.controls["strength"].value)
-        share_SE = _shares(res.load_SE)
+        share_SE = load_shares(res.load_SE)
         x = np.arange(share_SE.shape[0])
         fig = self.figures["load"]
         with fig.batch_update():
