@@ -299,10 +299,15 @@ def train(
             and not out_of_time
         ):
             val = run_eval(step, tokens, wall_s)
-        bar.update(1)
+        # the postfix is drawn with the next refresh, at tqdm's own rate: refreshing every step
+        # would cost a redraw per step (in Jupyter, a widget message per step)
         bar.set_postfix(
-            lm=f"{info['lm_loss']:.3f}", aux=f"{info['aux_loss']:.3f}", val=f"{val:.3f}"
+            lm=f"{info['lm_loss']:.3f}",
+            aux=f"{info['aux_loss']:.3f}",
+            val=f"{val:.3f}",
+            refresh=False,
         )
+        bar.update(1)
         if callback is not None:
             info.update(wall_s=wall_s, tokens_seen=tokens)
             if callback(step, model, results, info):
