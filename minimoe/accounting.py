@@ -30,6 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from minimoe.config import ACTIVATIONS
+from minimoe.validate import check_choice, check_int, check_optional_int
 
 IMPLS = ("loop", "einsum", "padded_bmm", "grouped_mm", "dense")
 
@@ -105,15 +106,16 @@ def moe_cost(
         T, D, F, E, K: tokens, model dim, expert hidden dim, experts, experts per token.
         capacity: C per expert; None = dropless (the padded length is then ceil(T*K / E)).
         dtype_bytes: bytes per element of activations and weights.
-        activation: "swiglu" (3 matmuls per expert) or "gelu" (2).
+        activation: "swiglu" (3 matmuls per expert), "gelu" or "relu" (2).
 
     Returns:
         A `MoECost`.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
+    check_choice("impl", impl, IMPLS)
+    check_choice("activation", activation, ACTIVATIONS)
+    for name, value in dict(T=T, D=D, F=F, E=E, K=K, dtype_bytes=dtype_bytes).items():
+        check_int(name, value)
+    check_optional_int("capacity", capacity)
     if T < 0 or min(D, F, E, K, dtype_bytes) < 1 or K > E:
         raise ValueError(f"bad sizes: T={T}, D={D}, F={F}, E={E}, K={K}, bytes={dtype_bytes}")
     if capacity is not None and capacity < 0:

@@ -37,6 +37,16 @@ import math
 import torch
 
 from minimoe.config import CAPACITY_FORMULAS, DROP_POLICIES
+from minimoe.validate import (
+    check_choice,
+    check_expert_ids,
+    check_float_tensor,
+    check_index_tensor,
+    check_int,
+    check_optional_int,
+    check_real,
+    check_shape,
+)
 
 
 def expert_capacity(
@@ -54,27 +64,33 @@ def expert_capacity(
         n_tokens: T, tokens in the routing group.
         n_experts, top_k: E, K.
         formula: one of "dropless", "deepspeed", "megatron", "tutel", "switch".
-        capacity_factor: cf > 0.
-        min_capacity: lower bound on C.
-        fixed_capacity: the C of the "switch" formula.
+        capacity_factor: cf > 0, finite (a huge cf gives a huge C, which drops nothing).
+        min_capacity: lower bound on C (an int >= 0).
+        fixed_capacity: the C of the "switch" formula (an int >= 1).
     """
-    if formula not in CAPACITY_FORMULAS:
-        raise ValueError(f"formula={formula!r} is not one of {CAPACITY_FORMULAS}")
-    if not capacity_factor > 0:
-        raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-    if n_tokens < 0 or n_experts < 1 or not 1 <= top_k <= n_experts:
-        raise ValueError(f"bad sizes: T={n_tokens}, E={n_experts}, K={top_k}")
-    T, E, K, cf = n_tokens, n_experts, top_k, capacity_factor
+    check_choice("formula", formula, CAPACITY_FORMULAS)
+    T = check_int("n_tokens", n_tokens, low=0)
+    E = check_int("n_experts", n_experts, low=1)
+    K = check_int("top_k", top_k, low=1, high=E)
+    cf = check_real("capacity_factor", capacity_factor, low=0.0, low_open=True)
+    min_capacity = check_int("min_capacity", min_capacity, low=0)
+    check_optional_int("fixed_capacity", fixed_capacity, low=1)
     if formula == "dropless":
         return None
     if formula == "switch":
-        if fixed_capacity is None or fixed_capacity < 1:
-            raise ValueError("the 'switch' formula needs fixed_capacity >= 1")
-        return fixed_capacity
+        if fixed_capacity is None:
+            raise ValueError("the 'switch' formula needs fixed_capacity >= 1, got None")
+        return int(fixed_capacity)
     if formula == "deepspeed":
         # DeepSpeed multiplies by a float32 tensor, so the product is rounded to float32 before
         # the ceil; in float64 it can land just above or below an integer (T=35, E=3, K=2, cf=0.3)
-        c = int(torch.ceil((T / E) * torch.tensor(cf * K, dtype=torch.float32)))
+        c_f32 = torch.ceil((T / E) * torch.tensor(cf * K, dtype=torch.float32))
+        if not torch.isfinite(c_f32):
+            raise ValueError(
+                f"capacity_factor={cf:g}: C overflows float32 in the 'deepspeed' formula; "
+                "use capacity_formula='dropless' for no capacity limit"
+            )
+        c = int(c_f32)
     elif formula == "megatron":
         c = math.ceil((T * K / E) * cf)
     else:  # tutel
@@ -131,16 +147,36 @@ def assign_slots(
         position_TK: int64, the slot's index in its expert's buffer of its group, in priority
             order (0 .. C-1 for kept slots, -1 for dropped ones).
     """
-    if policy not in DROP_POLICIES:
-        raise ValueError(f"policy={policy!r} is not one of {DROP_POLICIES}")
-    if capacity is not None and capacity < 0:
-        raise ValueError(f"capacity must be >= 0 or None, got {capacity}")
-    if expert_TK.shape != gate_TK.shape or expert_TK.dim() != 2:
-        raise ValueError("expert_TK and gate_TK must both have shape (T, K)")
+    check_choice("policy", policy, DROP_POLICIES)
+    E = check_int("n_experts", n_experts, low=1)
+    check_optional_int("capacity", capacity, low=0)
+    check_index_tensor("expert_TK", expert_TK, dim=2)
+    check_float_tensor("gate_TK", gate_TK)
+    check_shape("gate_TK", gate_TK, tuple(expert_TK.shape), " (that of expert_TK)")
+    check_optional_int("group_size", group_size, low=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    T = expert_TK.shape[0]
+    if group_size is not None and T % group_size:
+        raise ValueError(f"T={T} tokens do not split into groups of group_size={group_size}")
+    check_expert_ids(expert_TK, E)
+    return _assign_slots(expert_TK, gate_TK, E, capacity, policy, group_size, generator)
+
+
+def _assign_slots(
+    expert_TK: torch.Tensor,
+    gate_TK: torch.Tensor,
+    n_experts: int,
+    capacity: int | None,
+    policy: str,
+    group_size: int | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assign_slots` without the checks, for callers whose ids are in range by construction."""
     T, K = expert_TK.shape
     group_size = group_size or max(T, 1)
-    if T % group_size:
-        raise ValueError(f"T={T} tokens do not split into groups of {group_size}")
     order_N = _priority_order(gate_TK, policy, generator)
     # one bucket per (group, expert); rank each slot within its bucket in priority order
     group_TK = (torch.arange(T, device=expert_TK.device) // group_size).unsqueeze(1).expand(T, K)
@@ -153,14 +189,48 @@ def assign_slots(
     rank_N = torch.empty_like(rank_sorted_N)
     rank_N[order_N[by_bucket_N]] = rank_sorted_N
     rank_TK = rank_N.view(T, K)
-    keep_TK = torch.ones_like(rank_TK, dtype=torch.bool) if capacity is None else rank_TK < capacity
+    if capacity is None or capacity >= group_size * K:  # C at least the group's slots: no drops
+        keep_TK = torch.ones_like(rank_TK, dtype=torch.bool)
+    else:
+        keep_TK = rank_TK < capacity
     return keep_TK, torch.where(keep_TK, rank_TK, torch.full_like(rank_TK, -1))
+
+
+def random_second_expert(
+    prob2_T: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """GShard's random routing: keep each token's second expert with probability min(1, 2 p2).
+
+    GShard (Lepikhin et al., arXiv 2006.16668, Algorithm 1) dispatches the second expert only
+    when 2 * g2 > U(0, 1): a token whose second gate is small rarely costs a second expert's
+    capacity, and one with g2 = 0.5 always does. HF NLLB-MoE (`second_expert_policy="random"`,
+    transformers 5.23) and fairseq draw the same comparison with p2 the raw softmax probability of
+    the second expert; pass that here.
+
+    Args:
+        prob2_T: (T,) the second expert's probability per token.
+        generator: the source of U(0, 1) (None: torch's global generator, as HF).
+
+    Returns:
+        keep2_T: bool (T,), True where the second expert is kept.
+    """
+    check_float_tensor("prob2_T", prob2_T, dim=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    u_T = torch.rand(prob2_T.shape, generator=generator, dtype=torch.float32)
+    return (2 * prob2_T.detach().float()) > u_T.to(prob2_T.device)
 
 
 def renormalize_survivors(gate_TK: torch.Tensor, keep_TK: torch.Tensor) -> torch.Tensor:
     """Rescale each token's kept gates so they sum to what all its gates summed to (DeepSpeed
     top2/topk renormalise after the capacity mask). Dropped slots get 0; a token that lost every
     slot keeps 0."""
+    check_float_tensor("gate_TK", gate_TK, dim=2)
+    if keep_TK.dtype != torch.bool:
+        raise TypeError(f"keep_TK must be a bool tensor, got {keep_TK.dtype}")
+    check_shape("keep_TK", keep_TK, tuple(gate_TK.shape), " (that of gate_TK)")
     kept_TK = gate_TK * keep_TK
     kept_sum_T1 = kept_TK.sum(-1, keepdim=True)
     total_T1 = gate_TK.sum(-1, keepdim=True)

@@ -29,7 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.capacity import assign_slots
-from minimoe.experts import ExpertParams, validate_experts_inputs
+from minimoe.experts import ExpertParams, activate, validate_experts_inputs
+from minimoe.validate import (
+    check_expert_ids,
+    check_float_tensor,
+    check_index_tensor,
+    check_int,
+    check_mask,
+    check_optional_int,
+    check_shape,
+)
 
 
 def _positions_in_token_order(
@@ -69,14 +78,17 @@ def dispatch_combine_tensors(
         combine_TEC: gate_TK's dtype, the gate weight at those places, 0 elsewhere
             (differentiable with respect to gate_TK).
     """
-    if expert_TK.dim() != 2 or gate_TK.shape != expert_TK.shape:
-        raise ValueError("expert_TK and gate_TK must both have shape (T, K)")
-    if capacity is not None and capacity < 0:
-        raise ValueError(f"capacity must be >= 0 or None, got {capacity}")
-    if expert_TK.numel() and (int(expert_TK.min()) < 0 or int(expert_TK.max()) >= n_experts):
-        raise ValueError(f"expert ids must be in [0, {n_experts})")
-    if keep_TK is not None and (keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool):
-        raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
+    check_index_tensor("expert_TK", expert_TK, dim=2)
+    check_float_tensor("gate_TK", gate_TK)
+    check_shape("gate_TK", gate_TK, tuple(expert_TK.shape), " (that of expert_TK)")
+    check_int("n_experts", n_experts, low=1)
+    check_optional_int("capacity", capacity, low=0)
+    if keep_TK is not None:
+        check_mask("keep_TK", keep_TK, tuple(expert_TK.shape))
+    if position_TK is not None:
+        check_index_tensor("position_TK", position_TK)
+        check_shape("position_TK", position_TK, tuple(expert_TK.shape), " (that of expert_TK)")
+    check_expert_ids(expert_TK, n_experts)
     if keep_TK is None and capacity is not None:
         keep_TK, position_TK = assign_slots(expert_TK, gate_TK, n_experts, capacity, "position")
     if capacity is not None:  # a given capacity must hold every kept slot
@@ -140,9 +152,9 @@ def einsum_moe(
     )
     x_ECD = torch.einsum("tec,td->ecd", dispatch_TEC.to(x_TD.dtype), x_TD)
     h_ECF = torch.bmm(x_ECD, params.w1_EFD.transpose(1, 2))
+    u_ECF = None
     if params.activation == "swiglu":
-        h_ECF = F.silu(h_ECF) * torch.bmm(x_ECD, params.w3_EFD.transpose(1, 2))
-    else:
-        h_ECF = F.gelu(h_ECF)
+        u_ECF = torch.bmm(x_ECD, params.w3_EFD.transpose(1, 2))
+    h_ECF = activate(h_ECF, u_ECF, params.activation)
     y_ECD = torch.bmm(h_ECF, params.w2_EDF.transpose(1, 2))
     return torch.einsum("tec,ecd->td", combine_TEC, y_ECD)

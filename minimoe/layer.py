@@ -9,6 +9,10 @@ come back in `result`; the caller decides what to add to its training loss.
 The layer's "probs" drop policy ranks slots by their final gate weights (as Megatron-LM does);
 DeepSpeed's topk ranks by the raw softmax probability instead: call `assign_slots` with
 `routing.probs_TE.gather(1, routing.expert_TK)` for that (tests/test_parity_deepspeed.py).
+
+Checks and device syncs: the layer's inputs are checked by the config and here; the routing it
+makes is valid by construction, so only the experts step checks the expert ids' range (one
+device sync per forward pass, `minimoe.validate.check_expert_ids`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from minimoe.capacity import assign_slots, expert_capacity, renormalize_survivors
+from minimoe.capacity import (
+    _assign_slots,
+    expert_capacity,
+    random_second_expert,
+    renormalize_survivors,
+)
 from minimoe.config import MoEConfig
 from minimoe.experts import Experts, ExpertsFn
 from minimoe.loop import loop_moe
-from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
-from minimoe.metrics import RoutingStats, routing_stats
+from minimoe.losses import _load_balancing_loss, _mixtral_load_balancing_loss, z_loss
+from minimoe.metrics import RoutingStats, _routing_stats
 from minimoe.router import Router
 from minimoe.routing import Routing, route
 
@@ -69,6 +78,7 @@ class MoELayer(nn.Module):
             noise=cfg.noise,
             jitter_eps=cfg.jitter_eps,
             selection_bias=cfg.gating == "deepseek_v3",
+            jitter_scope=cfg.jitter_scope,
         )
         self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.d_ff, cfg.activation)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -82,6 +92,12 @@ class MoELayer(nn.Module):
             raise TypeError(f"x is {x.dtype} but the layer is {self.experts.w1_EFD.dtype}")
         x_TD = x.reshape(-1, cfg.d_model)
         T = x_TD.shape[0]
+        if cfg.group_size is not None and T % cfg.group_size:
+            raise ValueError(
+                f"T={T} tokens do not split into groups of group_size={cfg.group_size}"
+            )
+        if self.training and cfg.noise == "jitter" and cfg.jitter_scope == "router_and_experts":
+            x_TD = self.router.jitter(x_TD)  # HF Mixtral: the experts see the jittered tokens
         logits_TE, select_noise_TE = self.router(x_TD)
         if cfg.check_finite and not torch.isfinite(logits_TE).all():
             raise FloatingPointError(
@@ -96,6 +112,8 @@ class MoELayer(nn.Module):
             n_groups=cfg.n_groups,
             topk_groups=cfg.topk_groups,
             routed_scaling_factor=cfg.routed_scaling_factor,
+            norm_topk_prob=cfg.norm_topk_prob,
+            clean_first_choice=select_noise_TE is not None and cfg.noise == "gumbel_second",
         )
         group = cfg.group_size if cfg.group_size is not None else T
         capacity = expert_capacity(
@@ -107,15 +125,20 @@ class MoELayer(nn.Module):
             cfg.min_capacity,
             cfg.expert_capacity,
         )
-        keep_TK, _ = assign_slots(
+        # the ids come from top-k over E columns: in range, so the unchecked form (no device sync)
+        keep_TK, _ = _assign_slots(
             routing.expert_TK,
             routing.gate_TK,
             cfg.n_experts,
             capacity,
             cfg.drop_policy,
-            group_size=cfg.group_size,
-            generator=self.generator,
+            cfg.group_size,
+            self.generator,
         )
+        if self.training and cfg.second_expert_policy == "random":
+            prob2_T = routing.probs_TE.gather(1, routing.expert_TK[:, 1:2])[:, 0]
+            keep2_T = random_second_expert(prob2_T, self.generator)
+            keep_TK = keep_TK & torch.stack([torch.ones_like(keep2_T), keep2_T], dim=1)
         gate_TK = routing.gate_TK * keep_TK
         if cfg.renormalize_after_drop:
             gate_TK = renormalize_survivors(routing.gate_TK, keep_TK)
@@ -127,13 +150,12 @@ class MoELayer(nn.Module):
         if cfg.gating == "deepseek_v3":
             probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True).clamp_min(1e-20)
         if cfg.aux_loss == "switch":
-            aux = load_balancing_loss(probs_TE, routing.expert_TK)
+            per_group = cfg.group_size if cfg.aux_loss_per_group else None
+            aux = _load_balancing_loss(probs_TE, routing.expert_TK, group_size=per_group)
         elif cfg.aux_loss == "mixtral":
-            aux = mixtral_load_balancing_loss(probs_TE, routing.expert_TK)
+            aux = _mixtral_load_balancing_loss(probs_TE, routing.expert_TK)
         else:
             aux = logits_TE.new_zeros(())
-        stats = routing_stats(
-            routing.expert_TK, cfg.n_experts, keep_TK=keep_TK, probs_TE=routing.probs_TE
-        )
+        stats = _routing_stats(routing.expert_TK, cfg.n_experts, keep_TK, routing.probs_TE)
         result = MoEResult(aux, z_loss(logits_TE), routing, keep_TK, capacity, stats)
         return y_TD.view(x.shape), result

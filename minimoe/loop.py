@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from minimoe.experts import ExpertParams, expert_ffn, validate_experts_inputs
+from minimoe.experts import ExpertParams, expert_ffn, validate_experts_inputs, zero_with_graph
 
 
 def loop_moe(
@@ -25,7 +25,9 @@ def loop_moe(
         y_TD in x's dtype; the gates are cast to it before the weighted sum.
     """
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
-    y_TD = torch.zeros_like(x_TD)
+    # zeros that are already a function of every input: with T = 0 or every slot dropped the
+    # loop adds nothing, and y.sum().backward() must still work (zero gradients)
+    y_TD = zero_with_graph(x_TD, gate_TK, params)
     routed_TK = torch.ones_like(expert_TK, dtype=torch.bool) if keep_TK is None else keep_TK
     for e in range(params.n_experts):
         token_N, k_N = torch.nonzero((expert_TK == e) & routed_TK, as_tuple=True)

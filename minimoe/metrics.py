@@ -11,6 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
+from minimoe.validate import (
+    check_expert_ids,
+    check_float_tensor,
+    check_index_tensor,
+    check_int,
+    check_mask,
+    check_shape,
+)
+
 
 @dataclass
 class RoutingStats:
@@ -51,6 +60,20 @@ def routing_stats(
         keep_TK: surviving slots (None: all kept).
         probs_TE: the router distribution, for the per-token entropy (None: reported as nan).
     """
+    check_index_tensor("expert_TK", expert_TK, dim=2)
+    check_int("n_experts", n_experts, low=1)
+    if keep_TK is not None:
+        check_mask("keep_TK", keep_TK, tuple(expert_TK.shape))
+    if probs_TE is not None:
+        check_float_tensor("probs_TE", probs_TE, dim=2)
+        check_shape("probs_TE", probs_TE, (expert_TK.shape[0], n_experts), " (T, n_experts)")
+    check_expert_ids(expert_TK, n_experts)
+    return _routing_stats(expert_TK, n_experts, keep_TK, probs_TE)
+
+
+@torch.no_grad()
+def _routing_stats(expert_TK, n_experts, keep_TK, probs_TE) -> RoutingStats:
+    """`routing_stats` without the checks."""
     flat = expert_TK.reshape(-1).long()
     routed_E = torch.bincount(flat, minlength=n_experts)
     kept = flat if keep_TK is None else flat[keep_TK.reshape(-1)]

@@ -23,7 +23,8 @@ with MoE layers, biases, multi-token-prediction heads and DeepSeek's MLA attenti
 
 from __future__ import annotations
 
-from minimoe.config import MoEConfig
+from minimoe.config import ACTIVATIONS, MoEConfig
+from minimoe.validate import check_bool, check_choice, check_int, check_optional_int
 
 QK_NORMS = ("none", "full", "head")
 
@@ -71,8 +72,7 @@ PUBLISHED_CONFIGS: dict[str, dict] = {
 
 def _expert_params(d_model: int, d_ff: int, activation: str) -> int:
     """Weights of one expert: w1, w2 (and w3 for SwiGLU), no biases."""
-    if activation not in ("gelu", "swiglu"):
-        raise ValueError(f"activation={activation!r} is not one of ('gelu', 'swiglu')")
+    check_choice("activation", activation, ACTIVATIONS)
     return (3 if activation == "swiglu" else 2) * d_model * d_ff
 
 
@@ -123,7 +123,7 @@ def count_decoder_params(
         head_dim: per-head size; None means D // n_heads.
         qk_norm: "none" (Mixtral), "full" (OLMoE: RMSNorm over all of q and of k) or "head"
             (Qwen3: RMSNorm over each head, weights shared across heads).
-        activation: "swiglu" (3 matrices per expert) or "gelu" (2).
+        activation: "swiglu" (3 matrices per expert), "gelu" or "relu" (2).
 
     Returns:
         (total, active) as ints; active counts the embeddings, attention, norms, router and K
@@ -140,8 +140,9 @@ def count_decoder_params(
         top_k=top_k,
     )
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, low=1)
+    check_bool("tied_embeddings", tied_embeddings)
+    check_optional_int("head_dim", head_dim, low=1)
     if top_k > n_experts:
         raise ValueError(f"top_k={top_k} > n_experts={n_experts}")
     if n_heads % n_kv_heads:

@@ -2,14 +2,15 @@
 
 It is slow on purpose and obviously right; every other implementation is tested against it,
 outputs and gradients. Inputs are promoted to float64 inside and the result is cast back to
-x's dtype, so gradients flow to x, the gates and every weight.
+x's dtype, so gradients flow to x, the gates and every weight (zero gradients when no slot is
+kept, or T = 0: the output is always part of the autograd graph).
 """
 
 from __future__ import annotations
 
 import torch
 
-from minimoe.experts import ExpertParams, ffn, validate_experts_inputs
+from minimoe.experts import ExpertParams, ffn, validate_experts_inputs, zero_with_graph
 
 
 def reference_moe(
@@ -47,5 +48,7 @@ def reference_moe(
             h_1D = ffn(x64[t : t + 1], w1[e], w2[e], None if w3 is None else w3[e], p.activation)
             y_D = y_D + g64[t, k] * h_1D[0]
         rows.append(y_D)
-    y_TD = torch.stack(rows) if rows else x64.new_zeros(0, D)
-    return y_TD.to(x_TD.dtype)
+    y_TD = torch.stack(rows).to(x_TD.dtype) if rows else x_TD.new_zeros(0, D)
+    # T = 0, or every slot dropped: still a function of every input (zero gradients), as the
+    # vectorised implementations are
+    return y_TD + zero_with_graph(x_TD, gate_TK, params)

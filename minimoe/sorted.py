@@ -33,7 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minimoe.experts import ExpertParams, validate_experts_inputs
+from minimoe.experts import ExpertParams, activate, validate_experts_inputs
+from minimoe.validate import check_expert_ids, check_index_tensor, check_int, check_mask
 
 if hasattr(F, "grouped_mm"):  # public from torch 2.10
     _GROUPED_MM, _GROUPED_MM_NAME = F.grouped_mm, "torch.nn.functional.grouped_mm"
@@ -64,15 +65,11 @@ def sort_slots(
         inverse_N: int64 (T*K,), the sorted row of each slot: inverse_N[order_N] == arange(N);
             -1 for a dropped slot.
     """
-    if expert_TK.dim() != 2:
-        raise ValueError(f"expert_TK must have shape (T, K), got {tuple(expert_TK.shape)}")
-    if keep_TK is not None and (keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool):
-        raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
-    if n_experts < 1:
-        raise ValueError(f"n_experts must be >= 1, got {n_experts}")
-    expert_S = expert_TK.reshape(-1)
-    if expert_S.numel() and (int(expert_S.min()) < 0 or int(expert_S.max()) >= n_experts):
-        raise ValueError(f"expert ids must be in [0, {n_experts})")
+    check_index_tensor("expert_TK", expert_TK, dim=2)
+    if keep_TK is not None:
+        check_mask("keep_TK", keep_TK, tuple(expert_TK.shape))
+    check_int("n_experts", n_experts, low=1)
+    check_expert_ids(expert_TK, n_experts)
     return _sort_slots(expert_TK, keep_TK, n_experts)
 
 
@@ -107,10 +104,6 @@ def _combine(
     return torch.bmm(gate_T1K, y_TKD).squeeze(1)  # (T, 1, K) @ (T, K, D): a fixed-order sum over K
 
 
-def _activation(h_NF: torch.Tensor, u_NF: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return F.silu(h_NF) * u_NF if activation == "swiglu" else F.gelu(h_NF)
-
-
 def padded_bmm_moe(
     x_TD: torch.Tensor,
     expert_TK: torch.Tensor,
@@ -139,7 +132,7 @@ def padded_bmm_moe(
     x_ECD = x_ND.new_zeros(E * C, D).index_copy(0, flat_N, x_ND).view(E, C, D)
     h_ECF = torch.bmm(x_ECD, params.w1_EFD.transpose(1, 2))
     u_ECF = None if params.w3_EFD is None else torch.bmm(x_ECD, params.w3_EFD.transpose(1, 2))
-    y_ECD = torch.bmm(_activation(h_ECF, u_ECF, params.activation), params.w2_EDF.transpose(1, 2))
+    y_ECD = torch.bmm(activate(h_ECF, u_ECF, params.activation), params.w2_EDF.transpose(1, 2))
     y_ND = y_ECD.reshape(E * C, D)[flat_N]
     return _combine(y_ND, inverse_N, gate_TK, T, K)
 
@@ -231,5 +224,5 @@ def grouped_mm_moe(
 
     h_NF = mm(x_ND, params.w1_EFD)
     u_NF = None if params.w3_EFD is None else mm(x_ND, params.w3_EFD)
-    y_ND = mm(_activation(h_NF, u_NF, params.activation), params.w2_EDF)
+    y_ND = mm(activate(h_NF, u_NF, params.activation), params.w2_EDF)
     return _combine(y_ND, inverse_N, gate_TK, T, K)

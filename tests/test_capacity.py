@@ -34,7 +34,7 @@ def test_bad_capacity_inputs():
         expert_capacity(8, 4, 1, "floor", 1.0)
     with pytest.raises(ValueError, match="fixed_capacity"):
         expert_capacity(8, 4, 1, "switch", 1.0)
-    with pytest.raises(ValueError, match="bad sizes"):
+    with pytest.raises(ValueError, match=r"top_k must be an int in \[1, 4\], got 5"):
         expert_capacity(8, 4, 5, "deepspeed", 1.0)
 
 

@@ -104,7 +104,7 @@ def test_no_tokens():
         (lambda a: {**a, "expert": a["expert"].float()}, TypeError, "must be int64 or int32"),
         (lambda a: {**a, "gate": a["gate"][:, :1]}, ValueError, "gate_TK"),
         (lambda a: {**a, "x": a["x"].float()}, TypeError, "cast one"),
-        (lambda a: {**a, "keep": torch.ones(4, 2)}, ValueError, "keep_TK must be a bool"),
+        (lambda a: {**a, "keep": torch.ones(4, 2)}, TypeError, "keep_TK must be a bool"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(mutate, error, message):

@@ -131,7 +131,7 @@ def test_bad_input_raises(fn):
     x, expert, gate, params = make_experts_inputs(4, 8, 12, 4, 2, torch.float32, "swiglu")
     with pytest.raises(ValueError, match="expert ids"):
         fn(x, expert + 4, gate, params)
-    with pytest.raises(ValueError, match="keep_TK"):
+    with pytest.raises(TypeError, match="keep_TK"):
         fn(x, expert, gate, params, torch.ones(4, 2))
     with pytest.raises(TypeError, match="float64"):
         fn(x.double(), expert, gate, params)

@@ -75,7 +75,7 @@ def act_grad(
             layout.sorted_ids, layout.expert_ids, layout.n_padded, N, F, D, P, K,
             dy_TD.stride(0), dy_TD.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
             g.stride(0), g.stride(1), parts.stride(0),
-            SWIGLU=u is not None, PRECISION=precision(g.dtype),
+            ACTIVATION=params.activation, PRECISION=precision(g.dtype),
             GROUP_SIZE_M=cfg.group_size_m, **_launch_options(cfg),
         )  # fmt: skip
     return dg, du, parts.sum(1)

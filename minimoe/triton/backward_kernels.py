@@ -13,7 +13,7 @@ h_s = silu(g_s) * u_s (or gelu(g_s)), and y[t] = sum_k gate_s h_s w2[e]^T, the c
     dw3[e]   = sum_{s of e} du_s^T x[t]                  a reduction over the expert's rows
     dw2[e]   = sum_{s of e} (gate_s dy[t])^T h_s
 
-silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g))); gelu'(g) = Phi(g) + g * phi(g) with Phi, phi
+silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g))); relu'(g) = [g > 0]; gelu'(g) = Phi(g) + g * phi(g) with Phi, phi
 the normal CDF and density. Every sum is in a fixed order: dgate's sum over F is split into one
 partial sum per column block (a (N, F / BLOCK_N) buffer) that the launcher adds up, rather than
 added with atomics, so a run is bit-for-bit repeatable.
@@ -44,7 +44,7 @@ def act_grad_kernel(
     stride_we, stride_wd, stride_wf,  # ... of w2
     stride_gn, stride_gf,  # ... of g, u, dg and du (all (N, F), same strides)
     stride_pn,  # ... of dgate_part along N
-    SWIGLU: tl.constexpr, PRECISION: tl.constexpr,
+    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr,  # "swiglu", "gelu" or "relu"
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
 ):  # fmt: skip
@@ -74,13 +74,16 @@ def act_grad_kernel(
     g = tl.load(g_ptr + offs_gf, mask=mask, other=0.0).to(tl.float32)
     gate = tl.load(gate_ptr + slot, mask=valid, other=0.0).to(tl.float32)
     dh = acc * gate[:, None]
-    if SWIGLU:
+    if ACTIVATION == "swiglu":
         u = tl.load(u_ptr + offs_gf, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(g)
         silu = g * sig
         h = silu * u
         dg = dh * u * sig * (1.0 + g * (1.0 - sig))
         tl.store(du_ptr + offs_gf, (dh * silu).to(du_ptr.dtype.element_ty), mask=mask)
+    elif ACTIVATION == "relu":
+        h = tl.maximum(g, 0.0)
+        dg = tl.where(g > 0.0, dh, 0.0)  # relu'(0) = 0, as torch
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
         h = g * cdf

@@ -104,13 +104,15 @@ def grouped_gemm_kernel(
     w_ptr,  # (E, O, I) through strides: expert e's matrix, applied as a @ w[e]^T
     out_ptr,  # (N, O): the output row of slot s is row s
     scale_ptr,  # (N,): a multiplier per slot (the gate), read when HAS_SCALE
-    a2_ptr, w2_ptr,  # a second (input, weight) pair with a's and w's strides, when HAS_SECOND
+    a2_ptr, w2_ptr,  # a second (input, weight) pair, added when HAS_SECOND
     sorted_ids_ptr,  # (P,) int32: slot ids sorted by expert, padded per expert with N
     expert_ids_ptr,  # (P / BLOCK_M,) int32: the expert of each block of BLOCK_M sorted rows
     n_padded_ptr,  # (1,) int32: sorted rows in use; the blocks past it exit at once
     N, O, I, P,  # slots (T*K, also the pad sentinel), output and input features, padded rows
     stride_am, stride_ai,  # element steps of a (and a2) along rows and I
-    stride_we, stride_wo, stride_wi,  # ... of w (and w2) along E, O and I
+    stride_we, stride_wo, stride_wi,  # ... of w along E, O and I
+    stride_a2m, stride_a2i,  # ... of a2 (its own: any layout)
+    stride_w2e, stride_w2o, stride_w2i,  # ... of w2 (its own: w3 need not share w1's layout)
     stride_om, stride_oo,  # ... of out along slots and O
     A_ROW_DIV: tl.constexpr,  # K when a is x (T rows: slot t*K + k reads row t), 1 when a has N rows
     HAS_SCALE: tl.constexpr, HAS_SECOND: tl.constexpr,  # optional epilogue scale, second product
@@ -141,8 +143,8 @@ def grouped_gemm_kernel(
     offs_i = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + row[:, None] * stride_am + offs_i[None, :] * stride_ai
     w_ptrs = w_ptr + e * stride_we + offs_i[:, None] * stride_wi + offs_o[None, :] * stride_wo
-    a2_ptrs = a2_ptr + row[:, None] * stride_am + offs_i[None, :] * stride_ai
-    w2_ptrs = w2_ptr + e * stride_we + offs_i[:, None] * stride_wi + offs_o[None, :] * stride_wo
+    a2_ptrs = a2_ptr + row[:, None] * stride_a2m + offs_i[None, :] * stride_a2i
+    w2_ptrs = w2_ptr + e * stride_w2e + offs_i[:, None] * stride_w2i + offs_o[None, :] * stride_w2o
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i0 in range(0, I, BLOCK_K):
         a_mask = valid[:, None] & (offs_i[None, :] + i0 < I)
@@ -154,8 +156,8 @@ def grouped_gemm_kernel(
             a2 = tl.load(a2_ptrs, mask=a_mask, other=0.0)
             w2 = tl.load(w2_ptrs, mask=w_mask, other=0.0)
             acc = tl.dot(a2, w2, acc, input_precision=PRECISION)
-            a2_ptrs += BLOCK_K * stride_ai
-            w2_ptrs += BLOCK_K * stride_wi
+            a2_ptrs += BLOCK_K * stride_a2i
+            w2_ptrs += BLOCK_K * stride_w2i
         a_ptrs += BLOCK_K * stride_ai
         w_ptrs += BLOCK_K * stride_wi
     if HAS_SCALE:
@@ -170,15 +172,16 @@ def grouped_gemm_kernel(
 @triton.jit
 def fused_up_kernel(
     x_ptr,  # (T, D): the tokens, read in place (slot t*K + k reads row t)
-    w1_ptr, w3_ptr,  # (E, F, D): gate and up projections (w3 read only when SWIGLU)
+    w1_ptr, w3_ptr,  # (E, F, D): gate and up projections (w3 read only when ACTIVATION="swiglu")
     h_ptr,  # (N, F) output: the activation, row per slot
     g_ptr, u_ptr,  # (N, F) outputs when SAVE_PREACT: x @ w1^T and x @ w3^T, for the backward
     sorted_ids_ptr, expert_ids_ptr, n_padded_ptr,  # the padded index lists, as in version 2
     N, F, D, P, K,  # slots, hidden size, model size, padded rows, experts per token
     stride_xt, stride_xd,  # element steps of x
-    stride_we, stride_wf, stride_wd,  # ... of w1 and w3 (same shape, same strides)
+    stride_we, stride_wf, stride_wd,  # ... of w1
+    stride_w3e, stride_w3f, stride_w3d,  # ... of w3: its own, it may be laid out differently
     stride_hn, stride_hf,  # ... of h, g and u
-    SWIGLU: tl.constexpr,  # True: h = silu(x w1^T) * (x w3^T); False: h = gelu(x w1^T)
+    ACTIVATION: tl.constexpr,  # "swiglu": silu(x w1^T) * (x w3^T); "gelu"/"relu": act(x w1^T)
     SAVE_PREACT: tl.constexpr,  # also store the pre-activations (training)
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -191,7 +194,8 @@ def fused_up_kernel(
     matmuls. Here both products are accumulated side by side over the SAME loaded x tile (x is
     read once for the two), and the activation is applied to the accumulators while they are
     still in registers: only h is written (N*F), plus g and u when training needs them.
-    GELU is the exact one, 0.5 g (1 + erf(g / sqrt 2)), as torch's default.
+    GELU is the exact one, 0.5 g (1 + erf(g / sqrt 2)), as torch's default; ReLU is max(g, 0).
+    w1 and w3 are read through their own strides: they need not share a memory layout.
     """
     num_pid_m = P // BLOCK_M
     pid_m, pid_n = tile_ids(tl.program_id(0), num_pid_m, tl.cdiv(F, BLOCK_N), GROUP_SIZE_M)
@@ -205,9 +209,8 @@ def fused_up_kernel(
     offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None] * stride_xt + offs_d[None, :] * stride_xd
-    w_off = e * stride_we + offs_d[:, None] * stride_wd + offs_f[None, :] * stride_wf
-    w1_ptrs = w1_ptr + w_off
-    w3_ptrs = w3_ptr + w_off
+    w1_ptrs = w1_ptr + e * stride_we + offs_d[:, None] * stride_wd + offs_f[None, :] * stride_wf
+    w3_ptrs = w3_ptr + e * stride_w3e + offs_d[:, None] * stride_w3d + offs_f[None, :] * stride_w3f
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_K):
@@ -216,14 +219,16 @@ def fused_up_kernel(
         acc_g = tl.dot(
             x, tl.load(w1_ptrs, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION
         )
-        if SWIGLU:
+        if ACTIVATION == "swiglu":
             acc_u = tl.dot(x, tl.load(w3_ptrs, mask=w_mask, other=0.0), acc_u,
                            input_precision=PRECISION)  # fmt: skip
-            w3_ptrs += BLOCK_K * stride_wd
+            w3_ptrs += BLOCK_K * stride_w3d
         x_ptrs += BLOCK_K * stride_xd
         w1_ptrs += BLOCK_K * stride_wd
-    if SWIGLU:
+    if ACTIVATION == "swiglu":
         h = acc_g * tl.sigmoid(acc_g) * acc_u  # silu(g) * u
+    elif ACTIVATION == "relu":
+        h = tl.maximum(acc_g, 0.0)
     else:
         h = 0.5 * acc_g * (1.0 + tl.math.erf(acc_g * 0.7071067811865476))
     offs_out = slot[:, None] * stride_hn + offs_f[None, :] * stride_hf
@@ -231,7 +236,7 @@ def fused_up_kernel(
     tl.store(h_ptr + offs_out, h.to(h_ptr.dtype.element_ty), mask=mask)
     if SAVE_PREACT:
         tl.store(g_ptr + offs_out, acc_g.to(g_ptr.dtype.element_ty), mask=mask)
-        if SWIGLU:
+        if ACTIVATION == "swiglu":
             tl.store(u_ptr + offs_out, acc_u.to(u_ptr.dtype.element_ty), mask=mask)
 
 

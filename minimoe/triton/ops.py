@@ -154,7 +154,9 @@ def grouped_gemm(
 ) -> torch.Tensor:
     """Launch version 2: out[s] = scale[s] * (a[s // a_row_div] @ w[e(s)]^T (+ a2[..] @ w2[e]^T)).
 
-    w_EOI may be any strided (E, O, I) view: the backward passes w1_EFD.transpose(1, 2).
+    w_EOI, a2 and w2_EOI may be any strided views, each read through its own strides: the
+    backward passes w1_EFD.transpose(1, 2) and w3_EFD.transpose(1, 2), which need not share a
+    layout.
     """
     kernels, _ = load_kernels(a.device)
     N, O = out_NO.shape
@@ -162,15 +164,17 @@ def grouped_gemm(
     if P == 0:
         return out_NO
     grid = (P // cfg.block_m * triton_cdiv(O, cfg.block_n),)
+    has_second = a2 is not None
+    a2 = a if a2 is None else a2
+    w2_EOI = w_EOI if w2_EOI is None else w2_EOI
     kernels.grouped_gemm_kernel[grid](
-        a, w_EOI, out_NO,
-        scale_N if scale_N is not None else a, a2 if a2 is not None else a,
-        w2_EOI if w2_EOI is not None else w_EOI,
+        a, w_EOI, out_NO, scale_N if scale_N is not None else a, a2, w2_EOI,
         layout.sorted_ids, layout.expert_ids, layout.n_padded,
         N, O, w_EOI.shape[2], P,
         a.stride(0), a.stride(1), w_EOI.stride(0), w_EOI.stride(1), w_EOI.stride(2),
+        a2.stride(0), a2.stride(1), w2_EOI.stride(0), w2_EOI.stride(1), w2_EOI.stride(2),
         out_NO.stride(0), out_NO.stride(1),
-        A_ROW_DIV=a_row_div, HAS_SCALE=scale_N is not None, HAS_SECOND=a2 is not None,
+        A_ROW_DIV=a_row_div, HAS_SCALE=scale_N is not None, HAS_SECOND=has_second,
         PRECISION=precision(a.dtype), GROUP_SIZE_M=cfg.group_size_m, **_launch_options(cfg),
     )  # fmt: skip
     return out_NO
@@ -190,12 +194,14 @@ def fused_up(
     P, w1 = layout.sorted_ids.numel(), params.w1_EFD
     if P:
         grid = (P // cfg.block_m * triton_cdiv(F, cfg.block_n),)
+        w3 = params.w3_EFD if swiglu else w1
         kernels.fused_up_kernel[grid](
-            x_TD, w1, params.w3_EFD if swiglu else w1, h, h if g is None else g,
+            x_TD, w1, w3, h, h if g is None else g,
             h if u is None else u, layout.sorted_ids, layout.expert_ids, layout.n_padded,
             N, F, D, P, K, x_TD.stride(0), x_TD.stride(1),
-            w1.stride(0), w1.stride(1), w1.stride(2), h.stride(0), h.stride(1),
-            SWIGLU=swiglu, SAVE_PREACT=save_preact, PRECISION=precision(x_TD.dtype),
+            w1.stride(0), w1.stride(1), w1.stride(2), w3.stride(0), w3.stride(1), w3.stride(2),
+            h.stride(0), h.stride(1),
+            ACTIVATION=params.activation, SAVE_PREACT=save_preact, PRECISION=precision(x_TD.dtype),
             GROUP_SIZE_M=cfg.group_size_m, **_launch_options(cfg),
         )  # fmt: skip
     return h, g, u
