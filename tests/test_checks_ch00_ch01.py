@@ -6,11 +6,14 @@ own list of variants), so these tests show that every hint a check can give is r
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
+import minimoe
 from minimoe import count_decoder_params, ffn, loop_moe, reference_moe, route
 from minimoe.checks import (
     check_count_params,
@@ -27,6 +30,14 @@ from minimoe.checks.toy import RowCounter, ToyMoE
 def test_softmax_topk_passes(capsys) -> None:
     check_softmax_topk(lambda l, k: torch.topk(torch.softmax(l, dim=-1), k, dim=-1))
     assert "✓ Exercise 00.1" in capsys.readouterr().out
+
+
+def test_softmax_topk_refuses_the_library() -> None:
+    def wraps_route(l, k):
+        r = route(l, k, "switch")
+        return r.gate_TK, r.expert_TK
+
+    fails_with(check_softmax_topk, wraps_route, "Exercise 00.1", "calls the library's own `route`")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +67,7 @@ def test_softmax_topk_wrong(answer, words) -> None:
 
 
 def test_ffn_passes(capsys) -> None:
-    check_ffn(ffn)
+    check_ffn(_ffn())
     assert "✓ Exercise 01.1 (one expert FFN): passed" in capsys.readouterr().out
 
 
@@ -111,17 +122,95 @@ def test_ffn_untransposed_swiglu_only() -> None:
 
 
 def test_ffn_unknown_mistake_reports_the_difference() -> None:
-    message = fails_with(check_ffn, lambda x, w1, w2, w3, a: 1.01 * ffn(x, w1, w2, w3, a))
+    message = fails_with(check_ffn, lambda x, w1, w2, w3, a: 1.01 * _ffn()(x, w1, w2, w3, a))
     assert "max abs diff" in message
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (ffn, ["library's own `ffn`", "minimoe.experts.ffn", "write your own"]),
+        (minimoe.ffn, ["library's own `ffn`"]),
+        (functools.partial(ffn), ["library's own `ffn`"]),
+        (functools.wraps(ffn)(lambda *a: ffn(*a)), ["library's own `ffn`"]),
+        (lambda x, w1, w2, w3, a: ffn(x, w1, w2, w3, a), ["calls the library's own `ffn`"]),
+        (loop_moe, ["library's own `loop_moe`"]),
+    ],
+)
+def test_ffn_refuses_the_library(answer, words) -> None:
+    """The library's own function, imported, wrapped or called, is not an answer."""
+    fails_with(check_ffn, answer, "Exercise 01.1", *words)
+
+
+def test_an_answer_calling_the_library_after_a_crash_names_the_library() -> None:
+    def answer(x, w1, w2, w3, a):
+        ffn(x, w1, w2, w3, a)
+        raise ValueError("later")
+
+    fails_with(check_ffn, answer, "calls the library's own `ffn`")
 
 
 # --- 01.2 loop_moe -----------------------------------------------------------------------------
 
 
 def test_loop_moe_passes(capsys) -> None:
-    check_loop_moe(loop_moe)
-    check_loop_moe(reference_moe)
+    check_loop_moe(_experts_loop())
+    check_loop_moe(_per_slot(lambda g, keep, t, k: g[t, k] * _kept(keep, t, k)))
     assert capsys.readouterr().out.count("✓ Exercise 01.2") == 2
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (loop_moe, ["library's own `loop_moe`", "minimoe.loop"]),
+        (reference_moe, ["library's own `reference_moe`"]),
+        (minimoe.einsum_moe, ["library's own `einsum_moe`"]),
+        (lambda x, ex, g, p, keep=None: loop_moe(x, ex, g, p, keep), ["calls the library's own"]),
+        (
+            lambda x, ex, g, p, keep=None: minimoe.grouped_mm_moe(x, ex, g, p, keep),
+            ["calls the library's own `grouped_mm_moe`"],
+        ),
+    ],
+)
+def test_loop_moe_refuses_the_library(answer, words) -> None:
+    fails_with(check_loop_moe, answer, "Exercise 01.2", *words)
+
+
+def _as_KT(x, expert_TK, gate_TK, params, keep_TK=None):
+    """expert_TK and gate_TK read as (K, T) with .reshape where .t() was meant."""
+    T, K = expert_TK.shape
+    e_KT, g_KT = expert_TK.reshape(K, T), gate_TK.reshape(K, T)
+    keep_KT = None if keep_TK is None else keep_TK.reshape(K, T)
+    y = torch.zeros_like(x)
+    for k in range(K):
+        for t in range(T):
+            if keep_KT is None or keep_KT[k, t]:
+                e = int(e_KT[k, t])
+                w3 = None if params.w3_EFD is None else params.w3_EFD[e]
+                h = ffn(x[t : t + 1], params.w1_EFD[e], params.w2_EDF[e], w3, params.activation)
+                y[t] += g_KT[k, t] * h[0]
+    return y
+
+
+def _repeat_not_interleave(x, expert_TK, gate_TK, params, keep_TK=None):
+    """Slots flattened token-major (reshape(-1)) but x repeated k-major (.repeat(K, 1))."""
+    T, K = expert_TK.shape
+    keep_N = torch.ones(T * K, dtype=torch.bool) if keep_TK is None else keep_TK.reshape(-1)
+    expert_N, gate_N, x_ND = expert_TK.reshape(-1), gate_TK.reshape(-1), x.repeat(K, 1)
+    token_N = torch.arange(T).repeat(K)  # the token of slot n, read k-major
+    y = torch.zeros_like(x)
+    for e in range(params.n_experts):
+        n = torch.nonzero((expert_N == e) & keep_N).squeeze(1)
+        w3 = None if params.w3_EFD is None else params.w3_EFD[e]
+        h = ffn(x_ND[n], params.w1_EFD[e], params.w2_EDF[e], w3, params.activation)
+        y.index_add_(0, token_N[n], gate_N[n, None] * h)
+    return y
+
+
+@pytest.mark.parametrize("answer", [_as_KT, _repeat_not_interleave])
+def test_loop_moe_token_and_slot_axes_swapped(answer) -> None:
+    message = fails_with(check_loop_moe, answer, "Exercise 01.2", "token and slot axes", "(K, T)")
+    assert "elements differ" not in message
 
 
 def _per_slot(weight, expert=lambda ex, t, k: int(ex[t, k]), assign=False):
@@ -187,11 +276,11 @@ def _experts_loop(assign=False, all_experts=False):
         (_per_slot(lambda g, keep, t, k: g[t, k], assign=True), ["overwrote y[t]"]),
         (_experts_loop(assign=True), ["overwrote y[tokens]"]),
         (
-            lambda x, ex, g, p, keep=None: loop_moe(x, ex, g.softmax(-1), p, keep),
+            lambda x, ex, g, p, keep=None: _experts_loop()(x, ex, g.softmax(-1), p, keep),
             ["applied a softmax to gate_TK"],
         ),
-        (lambda x, ex, g, p, keep=None: loop_moe(x, ex, g, p, keep).double(), ["dtype"]),
-        (lambda x, ex, g, p, keep=None: loop_moe(x, ex, g, p, keep)[:1], ["shape"]),
+        (lambda x, ex, g, p, keep=None: _experts_loop()(x, ex, g, p, keep).double(), ["dtype"]),
+        (lambda x, ex, g, p, keep=None: _experts_loop()(x, ex, g, p, keep)[:1], ["shape"]),
         (lambda x, ex, g, p, keep=None: None, ["returned None"]),
         (not_done, ["not solved yet"]),
     ],
@@ -223,7 +312,7 @@ def test_loop_moe_crash_is_reported() -> None:
 
 
 def right_count(**c):
-    return count_decoder_params(**c)
+    return _count("")(**c)
 
 
 def test_count_params_passes(capsys) -> None:
@@ -281,10 +370,17 @@ def test_count_params_other_failures() -> None:
     fails_with(check_count_params, lambda **c: None, "return a pair")
     fails_with(check_count_params, lambda **c: ("a", "b"), "must be ints")
     fails_with(check_count_params, not_done, "not solved yet")
-    message = fails_with(
-        check_count_params, lambda **c: tuple(n + 1 for n in count_decoder_params(**c))
-    )
+    message = fails_with(check_count_params, lambda **c: tuple(n + 1 for n in right_count(**c)))
     assert "off by +1" in message
+
+
+def test_count_params_refuses_the_library() -> None:
+    fails_with(check_count_params, count_decoder_params, "library's own `count_decoder_params`")
+    fails_with(
+        check_count_params,
+        lambda **c: count_decoder_params(**c),
+        "calls the library's own `count_decoder_params`",
+    )
 
 
 # --- 01.4 the toy fix --------------------------------------------------------------------------

@@ -283,3 +283,14 @@ def test_check_cells_match_the_check_functions() -> None:
         (ch02.GATE, ch02_noise.NOISY, ch02_trap.TRAP),
         "from minimoe.checks.ch02",
     )
+
+
+def test_gate_refuses_the_library() -> None:
+    from minimoe import route
+
+    def wraps_route(logits_TE, k, convention):
+        r = route(logits_TE, k, convention)
+        return r.expert_TK, r.gate_TK
+
+    fails_with(check_gate, wraps_route, "Exercise 02.1", "calls the library's own `route`")
+    fails_with(check_gate, route, "Exercise 02.1", "library's own `route`")

@@ -207,7 +207,9 @@ def test_dropped_output_passes(capsys) -> None:
     assert "✓ Exercise 03.4 (the output of a dropped token): passed" in capsys.readouterr().out
 
 
-def test_dropped_output_library_answer_passes() -> None:
+def test_dropped_output_refuses_the_library_renormalisation() -> None:
+    """The renormalisation is the exercise: the library's own renormalize_survivors is refused;
+    the library's experts step (as the lesson's loop_moe) is allowed."""
     from minimoe import reference_moe, renormalize_survivors
 
     def library(x, expert, gate, keep, params, renormalize):
@@ -215,7 +217,9 @@ def test_dropped_output_library_answer_passes() -> None:
         y = reference_moe(x, expert, gate, params, keep)
         return y, x + y
 
-    check_dropped_output(library)
+    fails_with(
+        check_dropped_output, library, "Exercise 03.4", "library's own `renormalize_survivors`"
+    )
 
 
 @pytest.mark.parametrize(
@@ -248,3 +252,19 @@ def test_check_cells_match_the_check_functions() -> None:
         (ch03.CAPACITY, ch03.K_MAJOR, ch03_drops.DROP_RATE, ch03_drops.DROPPED_OUTPUT),
         "from minimoe.checks.ch03",
     )
+
+
+def test_capacity_and_k_major_refuse_the_library() -> None:
+    from minimoe import assign_slots
+
+    fails_with(check_capacity, expert_capacity, "Exercise 03.1", "library's own `expert_capacity`")
+    fails_with(
+        check_capacity,
+        lambda T, E, K, cf, m: expert_capacity(T, E, K, "deepspeed", cf, m),
+        "calls the library's own `expert_capacity`",
+    )
+
+    def k_major(expert_TK, n_experts, capacity):
+        return assign_slots(expert_TK, torch.ones(expert_TK.shape), n_experts, capacity, "k_major")
+
+    fails_with(check_k_major, k_major, "Exercise 03.2", "calls the library's own `assign_slots`")

@@ -195,3 +195,67 @@ def test_check_cells_match_the_check_functions() -> None:
         (ch04.SWITCH, ch04.ZLOSS, ch04.METRICS, ch04_bias.BIAS),
         "from minimoe.checks.ch04",
     )
+
+
+def test_switch_P_over_the_wrong_axis_names_the_axis() -> None:
+    """P averaged over the experts (one value per token) crashes against f (one per expert): the
+    hint is about the axis, not about weights (a loss has none)."""
+
+    def answer(probs_TE, expert_TK):
+        E = probs_TE.shape[1]
+        f_E = torch.bincount(expert_TK.reshape(-1), minlength=E).float() / expert_TK.numel()
+        return E * (f_E * probs_TE.mean(1)).sum()
+
+    message = fails_with(check_switch_loss, answer, "Exercise 04.1", "length T=64", "mean(0)")
+    assert "weights" not in message and "nn.Linear" not in message
+
+
+def test_switch_P_over_the_experts_broadcast_is_named() -> None:
+    def answer(probs_TE, expert_TK):
+        E = probs_TE.shape[1]
+        f_E = torch.bincount(expert_TK.reshape(-1), minlength=E).float() / expert_TK.numel()
+        return E * (f_E * probs_TE.mean(1, keepdim=True)).sum()
+
+    fails_with(check_switch_loss, answer, "Exercise 04.1", "averaged over the experts (dim=1)")
+
+
+def test_switch_bincount_without_minlength_crash_is_named() -> None:
+    def answer(probs_TE, expert_TK):
+        E = probs_TE.shape[1]
+        f_E = torch.bincount(expert_TK.reshape(-1)).float() / expert_TK.numel()
+        return E * (f_E * probs_TE.mean(0)).sum()
+
+    message = fails_with(check_switch_loss, answer, "Exercise 04.1", "minlength=E")
+    assert "weights" not in message
+
+
+def test_a_shape_crash_without_weights_gets_no_weight_hint() -> None:
+    message = fails_with(check_z_loss, lambda l: (l @ l).mean(), "Exercise 04.2", "shapes")
+    assert "weights" not in message and "nn.Linear" not in message
+
+
+@pytest.mark.parametrize(
+    "check, answer, words",
+    [
+        (check_switch_loss, "load_balancing_loss", ["library's own `load_balancing_loss`"]),
+        (check_switch_loss, "wrapped_lb", ["calls the library's own `load_balancing_loss`"]),
+        (check_z_loss, "z_loss", ["library's own `z_loss`"]),
+        (check_z_loss, "wrapped_z", ["calls the library's own `z_loss`"]),
+        (check_collapse_metrics, "wrapped_stats", ["calls the library's own `routing_stats`"]),
+    ],
+)
+def test_checks_refuse_the_library(check, answer, words) -> None:
+    import minimoe
+
+    def wrapped_stats(expert_TK, E):
+        s = minimoe.routing_stats(expert_TK, E)
+        return s.dead_experts, s.max_over_mean, s.load_entropy
+
+    answers = {
+        "load_balancing_loss": minimoe.load_balancing_loss,
+        "wrapped_lb": lambda p, e: minimoe.load_balancing_loss(p, e),
+        "z_loss": minimoe.z_loss,
+        "wrapped_z": lambda l: 1.0 * minimoe.z_loss(l),
+        "wrapped_stats": wrapped_stats,
+    }
+    fails_with(check, answers[answer], *words)

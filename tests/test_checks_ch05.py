@@ -266,3 +266,21 @@ def test_check_cells_match_the_check_functions() -> None:
         (ch05.DISPATCH, ch05.SORT, ch05_padded.PADDED),
         "from minimoe.checks.ch05",
     )
+
+
+def test_checks_refuse_the_library() -> None:
+    from minimoe import dispatch_combine_tensors, sort_slots
+
+    def dispatch(expert_TK, gate_TK, position_TK, keep_TK, n_experts, capacity):
+        return dispatch_combine_tensors(
+            expert_TK, gate_TK, keep_TK, n_experts, capacity, position_TK=position_TK
+        )
+
+    fails_with(check_dispatch_combine, dispatch, "Exercise 05.1", "calls the library's own")
+    fails_with(check_sort_by_expert, sort_slots, "Exercise 05.2", "library's own `sort_slots`")
+    fails_with(
+        check_sort_by_expert,
+        lambda e, k, n: sort_slots(e, k, n),
+        "Exercise 05.2",
+        "calls the library's own `sort_slots`",
+    )

@@ -67,6 +67,23 @@ def offset_is_pid(x_ptr, y_ptr, out_ptr, a, n_elements, BLOCK_SIZE: tl.constexpr
 
 
 @triton.jit
+def mask_le(x_ptr, y_ptr, out_ptr, a, n_elements, BLOCK_SIZE: tl.constexpr):
+    offsets = tl.program_id(axis=0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets <= n_elements  # one past the edge
+    x = tl.load(x_ptr + offsets, mask=mask)
+    y = tl.load(y_ptr + offsets, mask=mask)
+    tl.store(out_ptr + offsets, a * x + y, mask=mask)
+
+
+@triton.jit
+def store_mask_le(x_ptr, y_ptr, out_ptr, a, n_elements, BLOCK_SIZE: tl.constexpr):
+    offsets = tl.program_id(axis=0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    x = tl.load(x_ptr + offsets, mask=offsets < n_elements)
+    y = tl.load(y_ptr + offsets, mask=offsets < n_elements)
+    tl.store(out_ptr + offsets, a * x + y, mask=offsets <= n_elements)
+
+
+@triton.jit
 def stub_kernel(x_ptr, y_ptr, out_ptr, a, n_elements, BLOCK_SIZE: tl.constexpr):
     raise NotImplementedError("Exercise 06.1: replace this line with your code")
 
@@ -100,6 +117,31 @@ def test_scaled_add_passes(capsys) -> None:
 )
 def test_scaled_add_wrong_kernel(kernel, words) -> None:
     fails_with(lambda k: check_scaled_add(k, launcher(k)), kernel, "Exercise 06.1", *words)
+
+
+@pytest.mark.parametrize("kernel", [mask_le, store_mask_le])
+def test_scaled_add_mask_one_past_the_edge(kernel) -> None:
+    """A mask written with <= is named as such, not as a missing mask."""
+    message = fails_with(
+        lambda k: check_scaled_add(k, launcher(k)),
+        kernel,
+        "Exercise 06.1",
+        "element 100",
+        "one past the edge",
+        "offsets < n_elements",
+        "not <=",
+    )
+    assert "Missing mask" not in message
+
+
+def test_scaled_add_refuses_the_checks_own_kernel() -> None:
+    kernel = jit_like(scaled_add_kernel, ch06_kernels.scaled_add)
+    fails_with(
+        lambda k: check_scaled_add(k, launcher(k)),
+        kernel,
+        "Exercise 06.1",
+        "library's own kernel `scaled_add`",
+    )
 
 
 @pytest.mark.parametrize(
@@ -167,6 +209,9 @@ def _tile_body(a_ptr, b_ptr, c_ptr, M, N, K,
         if MISTAKE == "no_k_mask":
             a_mask = offs_m[:, None] < M
             b_mask = offs_n[None, :] < N
+        if MISTAKE == "k_le":  # one past the edge
+            a_mask = (offs_m[:, None] < M) & (offs_k[None, :] <= K)
+            b_mask = (offs_k[:, None] <= K) & (offs_n[None, :] < N)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
         b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
         if MISTAKE == "swapped":
@@ -179,6 +224,8 @@ def _tile_body(a_ptr, b_ptr, c_ptr, M, N, K,
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     if MISTAKE == "no_store_mask":
         tl.store(c_ptrs, acc)
+    elif MISTAKE == "store_le":
+        tl.store(c_ptrs, acc, mask=(offs_m[:, None] <= M) & (offs_n[None, :] < N))
     else:
         tl.store(c_ptrs, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -226,6 +273,38 @@ def tile_no_store_mask(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, sc
            BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr):  # fmt: skip
     _tile_body(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
                BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, "no_store_mask")  # fmt: skip
+
+
+@triton.jit
+def tile_k_le(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+           BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr):  # fmt: skip
+    _tile_body(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+               BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, "k_le")  # fmt: skip
+
+
+@triton.jit
+def tile_store_le(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+           BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr):  # fmt: skip
+    _tile_body(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+               BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, "store_le")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kernel, words",
+    [
+        (tile_k_le, ["index (0, 40) of a_ptr", "the K mask"]),
+        (tile_store_le, ["store", "c_ptr", "the store's rows (offs_m[:, None] < M)"]),
+    ],
+)
+def test_matmul_tile_mask_one_past_the_edge(kernel, words) -> None:
+    message = fails_with(check_matmul_tile, kernel, "Exercise 06.2", "one past the edge", *words)
+    assert "missing" not in message.lower()
+
+
+def test_matmul_tile_refuses_the_librarys_kernels() -> None:
+    from minimoe.triton import kernels
+
+    fails_with(check_matmul_tile, kernels.matmul_kernel, "Exercise 06.2", "library's own kernel")
 
 
 def test_matmul_tile_passes(capsys) -> None:

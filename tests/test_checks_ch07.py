@@ -20,8 +20,9 @@ from minimoe.checks.ch07_specialise import check_specialisation
 
 
 def specialisation(counts_CE, *, log=torch.log, what="mi", norm_axis=1, raw=False, skip_zeros=True,
-                   wrong_marginals=False, guard=True, dtype=torch.float64):  # fmt: skip
-    """The right answer, with switches that make it a learner's mistake."""
+                   wrong_marginals=False, guard=True, dtype=torch.float64, h_log=None):  # fmt: skip
+    """The right answer, with switches that make it a learner's mistake (`h_log`: the log of the
+    entropies, when it differs from the MI's)."""
     c = counts_CE.to(dtype)
     total = c.sum()
     if guard and total == 0:
@@ -32,11 +33,11 @@ def specialisation(counts_CE, *, log=torch.log, what="mi", norm_axis=1, raw=Fals
         p_c, p_e = p.sum(0), p.sum(1)
         p_c, p_e = p_c[:, None], p_e[None, :]
 
-    def plogq(a, b):
+    def plogq(a, b, log=log):
         return torch.where(a > 0, a * log(b), 0.0).sum() if skip_zeros else (a * log(b)).sum()
 
-    h_class = -plogq(p_c, p_c)
-    h_expert = -plogq(p_e, p_e)
+    h_class = -plogq(p_c, p_c, h_log or log)
+    h_expert = -plogq(p_e, p_e, h_log or log)
     mi = plogq(p, p / (p_c * p_e))
     if what == "conditional":
         mi = h_class - mi
@@ -276,3 +277,43 @@ def test_check_cells_match_the_check_functions() -> None:
     assert_check_cells_match(
         ["07_training.ipynb"], (ch07.STEP, ch07_specialise.SPECIALISE), "from minimoe.checks.ch07"
     )
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (spec_with(log=torch.log2, h_log=torch.log), ["two bases mixed", "MI is in bits", "1.443"]),
+        (spec_with(h_log=torch.log2), ["two bases mixed", "H(class) in bits", "ln 2 = 0.693"]),
+        (spec_with(log=torch.log10, h_log=torch.log), ["two bases mixed", "base 10", "0.434"]),
+        (spec_with(h_log=torch.log10), ["two bases mixed", "base 10", "2.303"]),
+    ],
+)
+def test_specialisation_mixed_log_bases_are_named(answer, words) -> None:
+    message = fails_with(check_specialisation, answer, "Exercise 07.2", *words)
+    assert "expected (mi=" not in message
+
+
+def test_specialisation_a_log_ratio_elsewhere_is_recognised() -> None:
+    """A value off by a change of log base, in no named variant's way, is named by its ratio."""
+
+    def answer(counts):
+        mi, norm = specialisation(counts)
+        return mi / math.log(2), norm
+
+    fails_with(check_specialisation, answer, "base 2 (bits)")  # both in bits: a named variant
+
+    def normalised_in_bits_only(counts):  # no named variant: the ratio alone names it
+        mi, norm = specialisation(counts)
+        return mi, norm * math.log(2) if mi > 0.2 else norm
+
+    fails_with(check_specialisation, normalised_in_bits_only, "ln 2 = 0.693")
+
+
+def test_specialisation_refuses_the_library() -> None:
+    from minimoe.lm.specialise import mutual_information, normalised_mutual_information
+
+    def wraps(counts):
+        return mutual_information(counts), normalised_mutual_information(counts)
+
+    fails_with(check_specialisation, wraps, "Exercise 07.2", "calls the library's own")
+    fails_with(check_specialisation, mutual_information, "library's own `mutual_information`")

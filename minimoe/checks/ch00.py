@@ -13,7 +13,7 @@ import torch
 from minimoe.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 
-WARMUP = Exercise("00.1", "the router's top-k choice")
+WARMUP = Exercise("00.1", "the router's top-k choice", library=(route,))
 
 
 def _pack(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

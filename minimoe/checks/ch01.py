@@ -14,11 +14,25 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.checks._common import Exercise, diagnose, make_experts, make_routing, make_tokens
-from minimoe.experts import ExpertParams, ffn
+from minimoe.einsum import einsum_moe
+from minimoe.experts import ExpertParams, Experts, expert_ffn, ffn
+from minimoe.layer import MoELayer
+from minimoe.loop import loop_moe
 from minimoe.reference import reference_moe
+from minimoe.sorted import grouped_mm_moe, padded_bmm_moe
 
-FFN = Exercise("01.1", "one expert FFN")
-LOOP = Exercise("01.2", "the loop MoE")
+FFN = Exercise("01.1", "one expert FFN", library=(ffn, expert_ffn), weights=True)
+# every experts step of the library computes the loop MoE's answer
+EXPERTS_STEPS = (
+    loop_moe,
+    reference_moe,
+    einsum_moe,
+    grouped_mm_moe,
+    padded_bmm_moe,
+    Experts,
+    MoELayer,
+)
+LOOP = Exercise("01.2", "the loop MoE", library=EXPERTS_STEPS, weights=True)
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 answers against a float64 reference
 
@@ -157,6 +171,20 @@ def _loop_variants() -> list[tuple[str, Callable]]:
     def resoftmax(x, ex, g, p, keep):
         return reference_moe(x.double(), ex, g.double().softmax(-1), _f64(p), keep)
 
+    def as_KT(x, ex, g, p, keep):  # expert_TK, gate_TK and keep_TK read as (K, T)
+        T, K = ex.shape
+        e_KT, g_KT = ex.reshape(K, T), g.reshape(K, T)
+        k_KT = None if keep is None else keep.reshape(K, T)
+        return _slot_sum(
+            x,
+            ex,
+            g,
+            p,
+            keep,
+            weight=lambda t, k: float(g_KT[k, t]) * _keep(k_KT, k, t),
+            expert_of=lambda t, k: int(e_KT[k, t]),
+        )
+
     kept = _keep
     return [
         (
@@ -191,6 +219,13 @@ def _loop_variants() -> list[tuple[str, Callable]]:
         ),
         ("multiplied the input by the gate; the gate scales the expert's output", gate_on_input),
         ("applied a softmax to gate_TK; the gates are given, use them as they are", resoftmax),
+        (
+            "the token and slot axes are mixed up: expert_TK, gate_TK and keep_TK are (T, K), "
+            "token first, and the flat slot s = t * K + k. Reading them as (K, T) (a .view(K, T) "
+            "or .reshape(K, T) where .t() was meant, or x repeated with .repeat(K, 1) beside "
+            "expert_TK.reshape(-1)) pairs each token with another token's experts and gates",
+            as_KT,
+        ),
     ]
 
 

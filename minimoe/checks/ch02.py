@@ -22,7 +22,7 @@ from minimoe.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 from minimoe.testing import is_close
 
-GATE = Exercise("02.1", "the gating conventions")
+GATE = Exercise("02.1", "the gating conventions", library=(route,))
 
 CONVENTIONS = ("switch", "mixtral", "shazeer")
 ATOL, RTOL = 1e-6, 1e-5

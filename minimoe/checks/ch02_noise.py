@@ -21,7 +21,7 @@ from minimoe.checks._common import Exercise, diagnose, make_generator
 from minimoe.router import Router
 from minimoe.testing import is_close
 
-NOISY = Exercise("02.2", "noisy top-k, train vs eval")
+NOISY = Exercise("02.2", "noisy top-k, train vs eval", library=(Router,), weights=True)
 
 
 # --- 02.2 noisy top-k, train vs eval ----------------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 from minimoe.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 
-TRAP = Exercise("02.3", "the router gradient in the top-1 trap")
+TRAP = Exercise("02.3", "the router gradient in the top-1 trap", weights=True)
 
 
 def _loss(w_ED, x_TD, out_TED, target_TD, gating: str, *, use_gate: bool = True):

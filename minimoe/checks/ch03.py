@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from minimoe.capacity import assign_slots, expert_capacity
 from minimoe.checks._common import Exercise, diagnose, make_routing
 
-CAPACITY = Exercise("03.1", "the capacity formula")
-K_MAJOR = Exercise("03.2", "k-major dropping with cumulative sums")
+CAPACITY = Exercise("03.1", "the capacity formula", library=(expert_capacity,))
+K_MAJOR = Exercise("03.2", "k-major dropping with cumulative sums", library=(assign_slots,))
 
 
 def diagnose_or_say(ex: Exercise, say: Callable[[], str], *args: Any, **kwargs: Any) -> None:

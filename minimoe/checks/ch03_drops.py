@@ -21,12 +21,15 @@ from minimoe.capacity import renormalize_survivors
 from minimoe.checks._common import Exercise, make_experts, make_routing, make_tokens
 from minimoe.checks.ch03 import diagnose_or_say
 from minimoe.experts import ExpertParams
+from minimoe.layer import MoELayer
 from minimoe.metrics import routing_stats
 from minimoe.reference import reference_moe
 from minimoe.testing import assert_close
 
-DROP_RATE = Exercise("03.3", "the drop rate")
-DROPPED_OUTPUT = Exercise("03.4", "the output of a dropped token")
+DROP_RATE = Exercise("03.3", "the drop rate", library=(routing_stats,))
+DROPPED_OUTPUT = Exercise(
+    "03.4", "the output of a dropped token", library=(renormalize_survivors, MoELayer), weights=True
+)
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 answers against a float64 reference
 

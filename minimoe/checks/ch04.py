@@ -6,34 +6,70 @@ Each check compares the learner's function with the library (`minimoe.load_balan
 an expert with no slot (the last one too), K = 1, K = E, T = 1. A wrong answer is matched against
 known wrong variants (a missing ×E, f from the first choice only, f not divided by K, token
 probabilities not averaged, max instead of logsumexp, no square, a sum over tokens, counts
-instead of shares, bincount without minlength, ...) and the message names the mistake.
+instead of shares, bincount without minlength, P averaged over the experts instead of the tokens,
+...) and the message names the mistake. A crash from vectors of different lengths is explained by
+their lengths: T means a mean over the wrong axis, fewer than E a bincount without minlength.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from minimoe.checks._common import Exercise, diagnose, make_generator
-from minimoe.losses import load_balancing_loss, z_loss
+from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
 from minimoe.metrics import routing_stats
 
-SWITCH = Exercise("04.1", "the Switch load-balancing loss")
-ZLOSS = Exercise("04.2", "the router z-loss")
-METRICS = Exercise("04.3", "collapse metrics")
+
+def _switch_crash(error: Exception, args: tuple) -> str:
+    """Name the mistake behind "size of tensor a (X) must match ... b (Y)" from X and Y."""
+    sizes = re.findall(r"size of tensor \w \((\d+)\)", str(error))
+    if len(sizes) != 2 or not isinstance(args[0], torch.Tensor) or args[0].dim() != 2:
+        return ""
+    T, E = args[0].shape
+    lengths = {int(n) for n in sizes}
+    if T in lengths and T != E:
+        return (
+            f". Likely mistake: a vector of length T={T}, one value per token, where the formula "
+            f"needs one per expert (E={E}): P_e is the mean over the tokens of each expert's "
+            "probability, probs_TE.mean(0) (dim=0 runs over the T rows); probs_TE.mean(1) "
+            "averages over the experts instead"
+        )
+    if any(n < E for n in lengths):
+        return (
+            f". Likely mistake: a vector shorter than E={E}: torch.bincount stops at the largest "
+            "expert id it sees; pass minlength=E so that every expert gets a count (0 if unused)"
+        )
+    return ""
+
+
+SWITCH = Exercise(
+    "04.1",
+    "the Switch load-balancing loss",
+    library=(load_balancing_loss, mixtral_load_balancing_loss),
+    explain=_switch_crash,
+)
+ZLOSS = Exercise("04.2", "the router z-loss", library=(z_loss,))
+METRICS = Exercise("04.3", "collapse metrics", library=(routing_stats,))
 
 ATOL, RTOL = 1e-5, 1e-4
 
 
-def _routing(T: int, E: int, K: int, seed: int, *, hot: int | None = None, scale: float = 1.5):
-    """Seeded router logits and their top-K experts; `hot` adds a large logit to one expert."""
+def _routing(
+    T: int, E: int, K: int, seed: int, *, hot: int | None = None, cold: bool = False, scale=1.5
+):
+    """Seeded router logits and their top-K experts; `hot` adds a large logit to one expert,
+    `cold` a large negative one to the last expert (chosen by no token)."""
     g = make_generator(seed)
     logits_TE = torch.randn(T, E, generator=g) * scale
     if hot is not None:
         logits_TE[:, hot] += 4.0
+    if cold:
+        logits_TE[:, -1] -= 8.0
     expert_TK = logits_TE.topk(K, dim=-1).indices
     return logits_TE, expert_TK
 
@@ -107,6 +143,12 @@ def _switch_variants() -> list[tuple[str, Callable]]:
             lambda p, e: form(p, e, P=masked_P),
         ),
         (
+            "P was averaged over the experts (dim=1), one value per token, and broadcast against "
+            "f: P_e is the mean over the TOKENS of each expert's probability, probs_TE.mean(0), "
+            "one value per expert",
+            lambda p, e: form(p, e, P=lambda q, _: q.mean(1, keepdim=True)),
+        ),
+        (
             "f and P were swapped in their roles or both taken from the probabilities: f_e counts "
             "the routed slots (from expert_TK), P_e averages probs_TE",
             lambda p, e: p.shape[1] * (p.double().mean(0) ** 2).sum(),
@@ -116,13 +158,17 @@ def _switch_variants() -> list[tuple[str, Callable]]:
 
 def check_switch_loss(switch_loss: Callable) -> None:
     """Check `switch_loss(probs_TE, expert_TK) -> loss` against `minimoe.load_balancing_loss`."""
-    # (T, E, K, hot expert)
+    # (T, E, K, hot expert); the last case leaves the last expert without a slot
     cases = [(64, 4, 2, None), (32, 8, 1, None), (48, 6, 2, 3), (16, 4, 4, None), (1, 5, 2, None)]
+    cases += [(24, 5, 2, "cold")]
     variants = _switch_variants()
     for i, (T, E, K, hot) in enumerate(cases):
-        logits_TE, expert_TK = _routing(T, E, K, seed=40 + i, hot=hot)
+        cold = hot == "cold"
+        hot = None if cold else hot
+        logits_TE, expert_TK = _routing(T, E, K, seed=40 + i, hot=hot, cold=cold)
         probs_TE = logits_TE.softmax(-1)
         case = f"T={T}, E={E}, K={K}" + (f", most tokens on expert {hot}" if hot else "")
+        case += f", expert {E - 1} chosen by no token" if cold else ""
         out = SWITCH.call(switch_loss, probs_TE.clone(), expert_TK.clone(), case=case)
         got = _scalar(SWITCH, out, case)
         expected = load_balancing_loss(probs_TE.double(), expert_TK)

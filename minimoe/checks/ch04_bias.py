@@ -24,7 +24,7 @@ from minimoe.checks._common import Exercise, diagnose, make_generator
 from minimoe.router import Router
 from minimoe.routing import route
 
-BIAS = Exercise("04.4", "the bias-balancing update")
+BIAS = Exercise("04.4", "the bias-balancing update", library=(Router.update_bias, route))
 
 
 def _reference_update(bias_E: torch.Tensor, expert_TK: torch.Tensor, rate: float) -> torch.Tensor:

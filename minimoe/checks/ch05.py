@@ -21,8 +21,8 @@ from minimoe.checks._common import Exercise, diagnose, make_routing
 from minimoe.einsum import dispatch_combine_tensors
 from minimoe.sorted import sort_slots
 
-DISPATCH = Exercise("05.1", "dispatch and combine tensors")
-SORT = Exercise("05.2", "sort by expert and invert")
+DISPATCH = Exercise("05.1", "dispatch and combine tensors", library=(dispatch_combine_tensors,))
+SORT = Exercise("05.2", "sort by expert and invert", library=(sort_slots,))
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 answers against a float64 reference
 

@@ -17,8 +17,14 @@ from minimoe.checks._common import Exercise, diagnose, make_experts, make_tokens
 from minimoe.checks.ch05 import ATOL, RTOL, _call
 from minimoe.experts import ExpertParams
 from minimoe.reference import reference_moe
+from minimoe.sorted import grouped_mm_moe, loop_grouped_mm, padded_bmm_moe
 
-PADDED = Exercise("05.3", "the padded batched matmul")
+PADDED = Exercise(
+    "05.3",
+    "the padded batched matmul",
+    library=(padded_bmm_moe, grouped_mm_moe, loop_grouped_mm),
+    weights=True,
+)
 
 _PADDING_HINTS = (
     (

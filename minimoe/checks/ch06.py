@@ -5,7 +5,8 @@ multiple of the block, then calls the learner's launch function. 06.2 launches t
 matmul-tile kernel on shapes that are not multiples of the blocks, once with B stored column-major.
 Both compare with float64 torch, and explain a wrong answer: an out-of-bounds load or store seen
 by the interpreter's bounds check (`ch06_memory.watch_memory`) or a changed guard, the output of a
-known wrong kernel (`ch06_kernels`), or elements never written.
+known wrong kernel (`ch06_kernels`), or elements never written. Accesses that all land exactly one
+past an edge (index n, M, N or K, never further) are a mask written with <= where < was meant.
 
 In the interpreter the kernels run on the CPU in exact float32; on a GPU `tl.dot` may use TF32,
 hence the looser tolerance there.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from minimoe.checks import ch06_kernels as kernels
@@ -24,6 +26,8 @@ from minimoe.checks.ch06_memory import (
     POISON,
     Access,
     Outcome,
+    _unravel,
+    backing,
     device_for,
     expect_kernel,
     guard_written,
@@ -36,7 +40,7 @@ from minimoe.checks.ch06_memory import (
 )
 from minimoe.testing import assert_close
 
-SCALED_ADD = Exercise("06.1", "a scaled-add kernel")
+SCALED_ADD = Exercise("06.1", "a scaled-add kernel", library=(kernels.scaled_add,))
 TILE = Exercise("06.2", "one matmul tile with masks")
 
 
@@ -57,6 +61,35 @@ def _describe(bad: list[Access], shapes: dict[str, tuple[int, ...]]) -> str:
     what = "element" if len(first.index) == 1 else "index"
     size = f" (shape {tuple(shape)})" if shape else ""
     return f"a {first.kind} of {what} {where} of {first.arg}{size}"
+
+
+def guard_stores(out: torch.Tensor, arg: str) -> list[Access]:
+    """The stores a kernel made into the guard around `out`, as accesses (where the interpreter's
+    bounds check is not available, e.g. on a GPU)."""
+    buffer = backing(out).cpu()
+    changed = torch.nonzero(buffer != POISON).squeeze(1).numpy() - out.storage_offset()
+    index, inside = _unravel(changed, tuple(out.shape), out.stride())
+    return [
+        Access("store", arg, tuple(int(ax[i]) for ax in index))
+        for i in np.flatnonzero(~inside)[:10_000]
+    ]
+
+
+def one_past(bad: list[Access], shapes: dict[str, tuple[int, ...]]) -> set[tuple[str, int]]:
+    """The (argument, axis) pairs reached exactly one past their edge, when every access in `bad`
+    lies there (within the tensor on its other axes): the mark of `<=` in a mask where `<` was
+    meant. Empty when any access goes further, or there is none."""
+    edges = set()
+    for access in bad:
+        shape = shapes.get(access.arg)
+        if shape is None or len(shape) != len(access.index):
+            return set()
+        if not all(0 <= i <= n for i, n in zip(access.index, shape)):
+            return set()
+        edges |= {
+            (access.arg, axis) for axis, (i, n) in enumerate(zip(access.index, shape)) if i == n
+        }
+    return edges
 
 
 def _mismatch(ex: Exercise, got: torch.Tensor, expected: torch.Tensor, case: str, **tol) -> None:
@@ -103,6 +136,13 @@ def _diagnose_scaled_add(got, expected, run, kernel, case, n) -> None:
     ex, out = SCALED_ADD, got.out
     shapes = {"x_ptr": (n,), "y_ptr": (n,), "out_ptr": (n,)}
     if got.bad or guard_written(out):
+        bad = got.bad or guard_stores(out, "out_ptr")
+        if one_past(bad, shapes):
+            raise ex.fail(
+                f"out-of-bounds access on {case} ({_describe(bad, shapes)}): one past the edge. "
+                "The last element is n_elements - 1, so a mask offsets <= n_elements lets one "
+                "offset too many through: use mask = offsets < n_elements (<, not <=)"
+            )
         what = f" ({_describe(got.bad, shapes)})" if got.bad else ""
         raise ex.fail(
             f"out-of-bounds access on {case}{what}: the last program's block runs past "
@@ -135,6 +175,7 @@ def _diagnose_scaled_add(got, expected, run, kernel, case, n) -> None:
 
 def _check_launch(scaled_add: Callable, device: torch.device, atol: float, rtol: float) -> None:
     ex = SCALED_ADD
+    ex.refuse_library(scaled_add)
     g = make_generator(62)
     for n, a in ((100, 2.5), (1, -1.0), (1000, 0.5)):
         x, y = (torch.randn(n, generator=g).to(device) for _ in range(2))
@@ -170,6 +211,16 @@ _TILE_CASES = (  # (M, N, K, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, B stored 
     (32, 32, 32, 16, 16, 16, False),  # exact multiples of the blocks
     (1, 5, 3, 16, 16, 16, False),
     (33, 17, 50, 32, 16, 16, True),  # B a transposed view: strides (1, K + guard)
+)
+
+
+_TILE_EDGES = (  # ((argument, axis) reached one past its edge, the mask that lets it through)
+    (("a_ptr", 1), "the K mask (offs_k < K - k * BLOCK_SIZE_K)"),
+    (("b_ptr", 0), "the K mask (offs_k < K - k * BLOCK_SIZE_K)"),
+    (("a_ptr", 0), "the rows of A's load (offs_m[:, None] < M)"),
+    (("b_ptr", 1), "the columns of B's load (offs_n[None, :] < N)"),
+    (("c_ptr", 0), "the store's rows (offs_m[:, None] < M)"),
+    (("c_ptr", 1), "the store's columns (offs_n[None, :] < N)"),
 )
 
 
@@ -210,6 +261,14 @@ def _diagnose_tile(got, expected, run, kernel, case, a, b, bk) -> None:
     (M, K), N = a.shape, b.shape[1]
     shapes = {"a_ptr": (M, K), "b_ptr": (K, N), "c_ptr": (M, N)}
     bad = got.bad or []
+    edges = one_past(bad or guard_stores(c, "c_ptr"), shapes)
+    if edges:
+        masks = [mask for edge, mask in _TILE_EDGES if edge in edges]
+        raise ex.fail(
+            f"on {case} ({_describe(bad or guard_stores(c, 'c_ptr'), shapes)}): one past the edge. "
+            f"Indices run 0 .. size - 1, so a mask written with <= lets one index too many "
+            f"through; use < in {' and in '.join(dict.fromkeys(masks))}"
+        )
     right = jit_like(kernel, kernels._tile)
     for hint, flags in kernels.TILE_VARIANTS:
         if got.same_as(run(right, flags), atol, rtol):

@@ -43,7 +43,6 @@ try:  # the annotations below are strings, so this module imports without triton
 except ImportError:  # pragma: no cover - a platform without triton
     tl = None
 
-GATHER = Exercise("06.3", "the grouped GEMM's index-gather load")
 BLOCK = 16  # BLOCK_SIZE_M = BLOCK_SIZE_N = BLOCK_SIZE_K: tl.dot needs at least 16
 
 
@@ -115,11 +114,13 @@ def gather_gemm(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr,
     tl.store(out_ptrs, acc, mask=row_mask[:, None] & (offs_n[None, :] < D_out))
 
 
+GATHER = Exercise("06.3", "the grouped GEMM's index-gather load")
 RIGHT = dict(ROW_MASK=True, EXPERT="ids", TOKEN_ROW="slot // K")
 _PADDING_HINT = (
     "out-of-bounds rows: the padding entries of sorted_ids hold T * K, so their token row "
     "T * K // K = T is one past the last row of x. Mask the padding rows in the A load: "
-    "mask=row_mask[:, None] & k_mask[None, :], with row_mask = slot_m < n_slots"
+    "mask=row_mask[:, None] & k_mask[None, :], with row_mask = slot_m < n_slots (<, not <=: "
+    "a padding entry equals n_slots)"
 )
 VARIANTS = (  # (the hint, the flags that make the mistake)
     (_PADDING_HINT, dict(RIGHT, ROW_MASK=False)),
@@ -224,6 +225,12 @@ def _diagnose(got: Outcome, expected, run, kernel, case, sizes) -> None:
             f"on {case} ({_describe(w_bad, shapes)}): compute the weight addresses with the "
             "strides passed in, w_ptr + expert * stride_we + n * stride_wo + k * stride_wi; the "
             "check's w is a view with padded rows, so an expert is not D_out * D_in elements long"
+        )
+    if x_cols and {a.index[1] for a in x_cols} == {D_in}:
+        raise ex.fail(
+            f"on {case} ({_describe(x_cols, shapes)}): one past the edge. Columns run 0 .. "
+            "D_in - 1, so a k mask written with <= lets one column too many through: "
+            "k_mask = offs_k < D_in - k * BLOCK_SIZE_K (<, not <=)"
         )
     if x_cols:
         raise ex.fail(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minimoe.checks._common import Exercise
+from minimoe.checks._common import Exercise, describe
 
 POISON = 777.0  # what an output element holds until the kernel writes it (exact in float16)
 GUARD = 64  # guard elements (rows, columns) around a tensor: more than any block overshoots
@@ -78,6 +78,12 @@ def expect_kernel(ex: Exercise, kernel: Any, name: str) -> None:
     """Fail clearly unless `kernel` is a solved `@triton.jit` function that can run here."""
     if not hasattr(kernel, "__getitem__") or not hasattr(kernel, "fn"):
         raise ex.fail(f"{name} must be a @triton.jit function, got {type(kernel).__name__}")
+    module = str(getattr(kernel.fn, "__module__", ""))
+    if any(kernel.fn is ref for ref in ex.library) or module.startswith("minimoe.triton"):
+        raise ex.fail(
+            f"this is the library's own kernel {describe(kernel.fn)}, not your answer: write "
+            f"your own @triton.jit {name} in the answer cell"
+        )
     try:
         source = inspect.getsource(kernel.fn)
     except (OSError, TypeError):

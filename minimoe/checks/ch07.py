@@ -29,10 +29,10 @@ import torch
 
 from minimoe.checks._common import Exercise, make_generator
 from minimoe.lm.model import LMConfig, TinyLM
-from minimoe.lm.train import lm_loss, router_losses
+from minimoe.lm.train import evaluate, lm_loss, router_losses, train
 from minimoe.testing import is_close, max_diff
 
-STEP = Exercise("07.1", "training step and evaluation")
+STEP = Exercise("07.1", "training step and evaluation", library=(evaluate, train))
 
 LR, AUX_COEF, Z_COEF = 0.5, 0.5, 0.2  # large, so every term visibly moves the parameters
 ATOL, RTOL = 1e-5, 1e-3

@@ -6,7 +6,8 @@ contingency table, and the same divided by H(class). The reference is `minimoe.l
 A wrong answer is matched against known mistakes: the log in base 2 or 10, the conditional
 entropy H(class | expert) instead of the MI, raw counts used as probabilities, the normalisation
 by H(expert) (swapped axes), the marginals summed over the wrong axis, the joint entropy, and
-0 · log 0 evaluated as NaN.
+0 · log 0 evaluated as NaN. Logs of two bases mixed (the MI in bits, H(class) in nats, or the
+other way round) are recognised by the ratio they leave, ln 2 or ln 10, wherever it shows.
 """
 
 from __future__ import annotations
@@ -20,12 +21,24 @@ import torch
 from minimoe.checks._common import Exercise, make_generator
 from minimoe.lm.specialise import (
     class_entropy,
+    measure_specialisation,
     mutual_information,
     normalised_mutual_information,
 )
 from minimoe.testing import is_close
 
-SPECIALISE = Exercise("07.2", "the specialisation measure")
+
+def _explain_crash(error: Exception, args: tuple) -> str:
+    """A broadcasting crash gets the marginals' hint."""
+    return f". Likely mistake: {_MARGINALS}" if "must match the size" in str(error) else ""
+
+
+SPECIALISE = Exercise(
+    "07.2",
+    "the specialisation measure",
+    library=(mutual_information, normalised_mutual_information, measure_specialisation),
+    explain=_explain_crash,
+)
 
 ATOL, RTOL = 1e-6, 1e-5  # a float32 answer is fine
 
@@ -60,10 +73,14 @@ def _variants() -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         p = c / c.sum()
         return c, p, p.sum(1, keepdim=True), p.sum(0, keepdim=True)
 
-    def log_base(base: float):
+    def log_base(base: float, *, mi: bool = True, h: bool = True):
+        """The MI and/or H(class) computed with log_base instead of the natural log."""
+
         def wrong(counts):
             ref = _reference(counts)
-            return pair(float(ref[0]) / math.log(base), float(ref[1]))
+            mi_wrong = float(ref[0]) / (math.log(base) if mi else 1.0)
+            scale = (1.0 / math.log(base) if mi else 1.0) / (1.0 / math.log(base) if h else 1.0)
+            return pair(mi_wrong, float(ref[1]) * scale)
 
         return wrong
 
@@ -97,6 +114,26 @@ def _variants() -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
     return [
         ("the log is in base 2 (bits); the measure is in nats: use torch.log", log_base(2)),
         ("the log is in base 10; the measure is in nats: use torch.log", log_base(10)),
+        (
+            "logs of two bases mixed: the MI is in bits (log2) but H(class) in nats, so both "
+            "values are 1/ln 2 = 1.443 times too large; use the natural log, torch.log, in both",
+            log_base(2, h=False),
+        ),
+        (
+            "logs of two bases mixed: the MI is in nats but H(class) in bits (log2), so the "
+            "normalised value is ln 2 = 0.693 times what it should be; use torch.log in both",
+            log_base(2, mi=False),
+        ),
+        (
+            "logs of two bases mixed: the MI is in base 10 but H(class) in nats, so both values "
+            "are 1/ln 10 = 0.434 times what they should be; use torch.log in both",
+            log_base(10, h=False),
+        ),
+        (
+            "logs of two bases mixed: the MI is in nats but H(class) in base 10, so the "
+            "normalised value is ln 10 = 2.303 times what it should be; use torch.log in both",
+            log_base(10, mi=False),
+        ),
         (
             "that is the conditional entropy H(class | expert), what is left to guess; the MI is "
             "what the expert tells, H(class) - H(class | expert)",
@@ -163,19 +200,30 @@ def _as_pair(out: Any, case: str) -> torch.Tensor:
 
 def _call(fn: Callable, counts: torch.Tensor, case: str) -> Any:
     """Run the learner's function; a broadcasting crash gets the marginals' hint."""
-    if not callable(fn):
-        raise SPECIALISE.fail(f"expected a function, got {type(fn).__name__}")
-    try:
-        return fn(counts.clone())
-    except NotImplementedError:
-        raise SPECIALISE.fail(
-            "not solved yet: replace the `raise NotImplementedError(...)` line with your code"
-        ) from None
-    except Exception as error:
-        hint = f". Likely mistake: {_MARGINALS}" if "must match the size" in str(error) else ""
-        raise SPECIALISE.fail(
-            f"your function raised {type(error).__name__} on {case}: {error}{hint}"
-        ) from error
+    return SPECIALISE.call(fn, counts.clone(), case=case)
+
+
+_RATIOS = (  # (factor, what a value off by it means)
+    (1 / math.log(2), "1/ln 2 = 1.443 times too large: a log2 (bits) where the measure is in nats"),
+    (math.log(2), "ln 2 = 0.693 times what it should be: a log2 (bits) in the denominator"),
+    (1 / math.log(10), "1/ln 10 = 0.434 times what it should be: a log10 where nats are meant"),
+    (math.log(10), "ln 10 = 2.303 times what it should be: a log10 in the denominator"),
+)
+
+
+def _log_ratio(out: torch.Tensor, expected: torch.Tensor) -> str:
+    """'the MI is ... ' when a value is off by exactly a change of log base, else ''."""
+    for i, name in enumerate(("the MI", "the normalised value")):
+        if abs(float(expected[i])) < 1e-9:
+            continue
+        ratio = float(out[i]) / float(expected[i])
+        for factor, meaning in _RATIOS:
+            if math.isclose(ratio, factor, rel_tol=1e-4):
+                return (
+                    f"{name} is {meaning}. Use the natural log (torch.log) for the MI and for "
+                    "H(class) alike; logs of two bases mixed leave exactly this factor"
+                )
+    return ""
 
 
 def check_specialisation(specialisation_fn: Callable) -> None:
@@ -206,6 +254,9 @@ def check_specialisation(specialisation_fn: Callable) -> None:
                 candidate, expected, ATOL, RTOL
             ):
                 raise SPECIALISE.fail(f"wrong values on {case}. Likely mistake: {hint}")
+        log_ratio = _log_ratio(out, expected)
+        if log_ratio:
+            raise SPECIALISE.fail(f"wrong values on {case}. Likely mistake: {log_ratio}")
         if out[0] < -ATOL:
             raise SPECIALISE.fail(
                 f"a negative MI ({out[0]:.4g}) on {case}: the MI is never negative; check the "
