@@ -10,7 +10,12 @@ The public API (frozen; later chapters import it):
 """
 
 from minimoe.accounting import MoECost, moe_cost
-from minimoe.capacity import assign_slots, expert_capacity, renormalize_survivors
+from minimoe.capacity import (
+    assign_slots,
+    expert_capacity,
+    random_second_expert,
+    renormalize_survivors,
+)
 from minimoe.config import MoEConfig
 from minimoe.einsum import dispatch_combine_tensors, einsum_moe
 from minimoe.experts import ExpertParams, Experts, ExpertsFn, expert_ffn, ffn
@@ -52,6 +57,7 @@ __all__ = [
     "mixtral_load_balancing_loss",
     "moe_cost",
     "padded_bmm_moe",
+    "random_second_expert",
     "reference_moe",
     "renormalize_survivors",
     "route",

@@ -76,6 +76,7 @@ def ffn(
     activation: str,
 ) -> torch.Tensor:
     """One expert (or a dense FFN) applied to N rows: (N, D) -> (N, D)."""
+    check_choice("activation", activation, ACTIVATIONS)
     h_NF = x_ND @ w1_FD.t()
     u_NF = x_ND @ w3_FD.t() if activation == "swiglu" else None
     return activate(h_NF, u_NF, activation) @ w2_DF.t()
@@ -83,6 +84,7 @@ def ffn(
 
 def expert_ffn(x_ND: torch.Tensor, params: ExpertParams, e: int) -> torch.Tensor:
     """Expert e of `params` applied to N rows: (N, D) -> (N, D)."""
+    check_int("expert e", e, low=0, high=params.n_experts - 1)
     w3_FD = None if params.w3_EFD is None else params.w3_EFD[e]
     return ffn(x_ND, params.w1_EFD[e], params.w2_EDF[e], w3_FD, params.activation)
 
