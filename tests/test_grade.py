@@ -1,5 +1,7 @@
 """The grader: canonical checks restored, every failure graded (never a crash), reports written.
 
+(The hostile submissions, built from the shipped notebooks, are in test_grade_adversarial.py.)
+
 The classroom is built from the fixture chapter tests/fixtures/course/solutions/98_fixture.ipynb:
 exercise 98.1 (`double`, 2 points) and 98.2 (`halve`, 1 point).
 """
@@ -108,21 +110,29 @@ def test_graded_notebook_restores_each_check_after_its_answer():
     for cell in learner.cells:
         if has_tag(cell, "check"):
             cell.source = "pass  # edited"
-    nb, checks = g.graded_notebook(learner, solution())
+    graded = g.graded_notebook(learner, solution(), nonce="n0nce")
+    nb, checks = graded.nb, graded.checks
     canonical = [c for c in solution().cells if has_tag(c, "check")]
-    assert [nb.cells[i].source for i in checks] == [c.source for c in canonical]
-    assert list(checks) == [4, 8]  # right after each answer cell (cells 3 and 7)
+    for i, check in zip(checks, canonical):  # the canonical source, run through the guard
+        assert repr(check.source) in nb.cells[i].source and "'n0nce'" in nb.cells[i].source
+        assert "run_check" in nb.cells[i].source
+    # the guard's first cell; then each answer cell between a marker and its check
+    assert list(checks) == [6, 11]
     assert [checks[i]["exercise"] for i in checks] == ["98.1", "98.2"]
+    assert "arm()" in nb.cells[0].source
+    assert "before_answer(['double']" in nb.cells[4].source
+    assert nb.cells[5].source == solution().cells[3].source
+    assert graded.grader_cells == {0, 4, 6, 9, 11}
     assert "pass  # edited" not in [c.source for c in nb.cells]
     assert nb.cells[-1].source == "print('mine')"
 
 
-def test_graded_notebook_appends_checks_whose_answer_was_deleted():
+def test_a_check_whose_answer_cell_was_deleted_is_not_run_but_failed():
     learner = drop(drop(solution(), is_answer("98.1")), lambda c: has_tag(c, "check"))
-    nb, checks = g.graded_notebook(learner, solution())
-    assert len(nb.cells) == len(solution().cells) - 1
-    assert [checks[i]["exercise"] for i in checks] == ["98.2", "98.1"]
-    assert list(checks)[-1] == len(nb.cells) - 1
+    graded = g.graded_notebook(learner, solution())
+    assert [graded.checks[i]["exercise"] for i in graded.checks] == ["98.2"]
+    assert [m["exercise"] for m in graded.missing] == ["98.1"]
+    assert not any("run_check('98.1'" in c.source for c in graded.nb.cells)
 
 
 @pytest.mark.slow
@@ -157,7 +167,8 @@ def test_endless_loop_times_out_and_later_exercises_are_still_graded(classroom):
 def test_exception_and_edited_check_and_deleted_answer(classroom):
     rows = rows_of(classroom[1], "dan")
     assert rows["98.1"].hint == "ZeroDivisionError: division by zero"
-    assert rows["98.2"].hint == "NameError: name 'halve' is not defined"
+    assert rows["98.2"].hint.startswith("the answer cell of exercise 98.2 is missing")
+    assert (rows["98.2"].max_points, rows["98.2"].title) == (1, "98.2")
     assert sum(r.points for r in rows.values()) == 0
 
 

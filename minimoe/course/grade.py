@@ -1,38 +1,77 @@
 """Grade submitted exercise notebooks against the canonical checks in solutions/.
 
-    python -m minimoe grade PATH... [--solutions DIR] [--timeout S] [--json OUT] [--csv OUT]
+    python -m minimoe grade PATH... [--solutions DIR] [--timeout S] [--budget S] [--memory-gb G]
+                                    [--jobs N] [--json OUT] [--csv OUT]
 
 PATH is a notebook or a folder of them (a classroom's submissions, `alice_01_topic.ipynb` or
-`alice/01_topic.ipynb`). Each submission is matched to `solutions/NN_*.ipynb` by the chapter
-number `NN_` in its file name, or by the notebook metadata `minimoe.chapter` when present.
+`alice/01_topic.ipynb`). Each submission is matched to `solutions/NN_*.ipynb` by the notebook
+metadata `minimoe.chapter`, else the chapter number `NN_` in its file name, else the exercise
+numbers of its check cells.
 
-The graded notebook is the learner's, with every cell tagged `check` removed and each canonical
-check cell of the solution put back right after the learner's answer cell of the same exercise
-(at the end if that answer cell was deleted): deleting or editing a check earns nothing. It runs
-in a separate kernel with a per-cell timeout (`minimoe.course.runner`), in the submission's
-folder. An exercise passes when all its check cells run without raising; the hint of a failure
-is the last line of the exception's message.
+What an instructor can rely on:
 
-Left out: sandboxing, and a learner who redefines a check function in an earlier cell (checks
-should import their check function in the check cell itself).
+- **Every submission becomes rows**, whatever it contains: a notebook saved as UTF-16 or UTF-32 is
+  decoded by its byte-order mark; a zip renamed .ipynb, invalid JSON or text that is not UTF-8 is
+  an error row with the reason; null or odd metadata (`"tags": null`) is read as absent. Every
+  submission is read into memory before the first is run, and each result is written to the JSON
+  and CSV reports as soon as it is known, so a run that is killed keeps what it graded.
+- **Canonical checks at their canonical place.** The graded notebook is the learner's, with every
+  cell tagged `check` removed and each canonical check of the solution put right after the
+  learner's answer cell of its exercise (the last one tagged `answer` with that exercise). When
+  that answer cell is gone the exercise fails with "the answer cell of exercise 01.2 is missing";
+  when the answer cell does not define the name the check tests (renamed, or typed into another
+  cell) the check fails saying so, instead of testing a name left over from an earlier cell.
+- **Positive evidence.** Each check runs through `minimoe.course.guard` with a nonce fresh for
+  every notebook; an exercise passes only when its check cell ran cleanly *and* printed the
+  evidence line with that nonce. A check whose kernel was tampered with (a check function or the
+  comparison helper replaced, a custom exception handler, an input or AST transformer, a patched
+  torch function, a tensor subclass returned, the check patched while it runs, its pass never
+  confirmed) fails with a reason that starts "check tampered with".
+- **Isolation** (`minimoe.course.sandbox`): kernels import a read-only pristine copy of `minimoe`,
+  checked file by file against its snapshot after every notebook (restored, and the notebook
+  failed, when it changed); the canonical checks come from the solutions read into memory when the
+  run starts (the folder is checked and restored the same way). Each notebook runs in a worker
+  process in a session of its own, with a fresh scratch folder as working directory, a time budget
+  for the whole notebook (`--budget`) besides the per-cell `--timeout`, and an address-space limit
+  per kernel (`--memory-gb`); a kernel that dies, or kills its parent or its process group, fails
+  that notebook alone. As root, kernels also run as an unprivileged user of their own, when that
+  user can run this Python.
+
+An exercise's hint is the last line of its check's failure. Left out: an attacker who studies the
+guard and targets it from inside the kernel (see `minimoe.course.guard`); without root, a kernel
+that looks up the grader's own process to signal it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import builtins
+import codecs
 import csv
 import json
+import multiprocessing
+import os
 import re
-from dataclasses import asdict, dataclass
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
 
-from minimoe.course.notebooks import NotebookError, cell_meta, has_tag, read_notebook
-from minimoe.course.runner import REPO_ROOT, run_cells
+from minimoe.course.guard import evidence
+from minimoe.course.notebooks import cell_meta, has_tag
+from minimoe.course.runner import REPO_ROOT, CellRun, run_cells
+from minimoe.course.sandbox import SANDBOX_UID, Box, Pristine, can_run_as, remove_tree
 
 CHAPTER_IN_NAME = re.compile(r"(?<!\d)(\d{2})_")
+TAMPERED = "check tampered with"
 FIELDS = (
     "student",
     "notebook",
@@ -44,6 +83,8 @@ FIELDS = (
     "max_points",
     "hint",
 )
+GRACE_S = 20  # beyond the budget, before a worker is killed from outside
+FIRST_CELL_TIMEOUT_S = 120  # the guard's first cell imports torch and the checks
 
 
 @dataclass
@@ -61,6 +102,13 @@ class Row:
     hint: str
 
 
+class SubmissionError(ValueError):
+    """A submission that cannot be read as a notebook (the message says why)."""
+
+
+# --- reading a submission, whatever it is ----------------------------------------------------------
+
+
 def find_submissions(paths: list[str | Path]) -> list[tuple[Path, str]]:
     """(notebook, student) for every notebook under `paths`, checkpoints left out.
 
@@ -71,7 +119,7 @@ def find_submissions(paths: list[str | Path]) -> list[tuple[Path, str]]:
     for root in map(Path, paths):
         files = [root] if root.is_file() else sorted(root.rglob("*.ipynb"))
         for path in files:
-            if ".ipynb_checkpoints" in path.parts:
+            if ".ipynb_checkpoints" in path.parts or not path.is_file():
                 continue
             match = CHAPTER_IN_NAME.search(path.name)
             student = path.name[: match.start()].strip("_- .") if match else ""
@@ -81,20 +129,108 @@ def find_submissions(paths: list[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
+_BOMS = (  # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def decode(data: bytes) -> str:
+    """The text of a notebook file: by its byte-order mark, else UTF-8.
+
+    Raises:
+        SubmissionError: a zip archive, or bytes that are not text in that encoding.
+    """
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):
+        raise SubmissionError(
+            "a zip archive, not a notebook: unzip it and hand in the .ipynb inside"
+        )
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise SubmissionError(
+            f"not {encoding.upper()} text ({err.reason} at byte {err.start})"
+        ) from None
+
+
+def _text(source) -> str:
+    if isinstance(source, list):
+        return "".join(s for s in source if isinstance(s, str))
+    return source if isinstance(source, str) else ""
+
+
+def _clean_cell(raw) -> NotebookNode | None:
+    """A cell with only what grading needs, every odd field read as absent (None: not a cell)."""
+    if not isinstance(raw, dict):
+        return None
+    meta = raw.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    tags = meta.get("tags")
+    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    minimoe_meta = meta.get("minimoe")
+    minimoe_meta = dict(minimoe_meta) if isinstance(minimoe_meta, dict) else {}
+    if "exercise" in minimoe_meta:
+        minimoe_meta["exercise"] = str(minimoe_meta["exercise"])
+    clean_meta = {"tags": tags, "minimoe": minimoe_meta} if tags or minimoe_meta else {}
+    source = _text(raw.get("source") if "source" in raw else raw.get("input"))
+    if raw.get("cell_type") == "code":
+        return nbformat.v4.new_code_cell(source, metadata=clean_meta)
+    return nbformat.v4.new_markdown_cell(source, metadata=clean_meta)
+
+
+def load_submission(data: bytes) -> NotebookNode:
+    """A submitted file's bytes as a clean nbformat-4 notebook (outputs dropped).
+
+    Raises:
+        SubmissionError: with the reason, when it is not a notebook at all.
+    """
+    text = decode(data)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SubmissionError(
+            f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "was the notebook edited by hand or cut short?"
+        ) from None
+    if not isinstance(raw, dict):
+        raise SubmissionError("not a notebook (the JSON is not an object)")
+    cells = raw.get("cells")
+    if cells is None and isinstance(raw.get("worksheets"), list):  # nbformat 3
+        sheets = [w for w in raw["worksheets"] if isinstance(w, dict)]
+        cells = [c for w in sheets for c in (w.get("cells") or [])]
+    if not isinstance(cells, list):
+        raise SubmissionError("not a notebook (no list of cells)")
+    meta = raw.get("metadata")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = (
+        {"minimoe": meta["minimoe"]} if isinstance(meta, dict) and "minimoe" in meta else {}
+    )
+    nb.cells = [c for c in map(_clean_cell, cells) if c is not None]
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"
+    return nb
+
+
 def chapter_of(path: Path, nb: NotebookNode) -> str | None:
-    """The chapter "NN": metadata minimoe.chapter if set, else the `NN_` in the file name, else
-    the chapter of the exercise numbers ("06.2") on the notebook's check cells, when they agree
-    (a learner may rename the file: `alice_06.ipynb`)."""
+    """The chapter "NN": metadata minimoe.chapter if it is one, else the `NN_` in the file name,
+    else the chapter of the exercise numbers ("06.2") on the notebook's check cells, when they
+    agree (a learner may rename the file: `alice_06.ipynb`)."""
     meta = nb.metadata.get("minimoe", {})
-    if isinstance(meta, dict) and meta.get("chapter") is not None:
-        chapter = meta["chapter"]
-        return f"{chapter:02d}" if isinstance(chapter, int) else str(chapter)
+    chapter = meta.get("chapter") if isinstance(meta, dict) else None
+    if isinstance(chapter, int) and not isinstance(chapter, bool) and 0 <= chapter < 100:
+        return f"{chapter:02d}"
+    if isinstance(chapter, str) and re.fullmatch(r"\d{2}", chapter):
+        return chapter
     match = CHAPTER_IN_NAME.search(path.name)
     if match:
         return match.group(1)
     chapters = set()
     for cell in nb.cells:
-        exercise = cell.get("metadata", {}).get("minimoe", {}).get("exercise")
+        exercise = cell_meta(cell).get("exercise")
         if isinstance(exercise, str) and re.fullmatch(r"\d{2}\.\d+", exercise):
             chapters.add(exercise[:2])
     return chapters.pop() if len(chapters) == 1 else None
@@ -106,84 +242,154 @@ def solution_for(chapter: str, solutions_dir: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def graded_notebook(submission: NotebookNode, solution: NotebookNode) -> tuple[NotebookNode, dict]:
-    """The learner's cells without their check cells, with the canonical checks put back.
+# --- the graded notebook ------------------------------------------------------------------------------
 
-    Returns:
-        (notebook, {cell index: check cell metadata}) for every canonical check in it.
+
+def names_tested(check_source: str) -> list[str]:
+    """The learner's answers a check cell tests: the plain names passed to its calls that the
+    cell does not bind itself (`check_loop_moe(loop_moe)` -> ["loop_moe"])."""
+    try:
+        tree = ast.parse(check_source)
+    except SyntaxError:
+        return []
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+    passed = [
+        arg.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for arg in [*node.args, *(k.value for k in node.keywords)]
+        if isinstance(arg, ast.Name)
+    ]
+    return [n for n in dict.fromkeys(passed) if n not in bound and not hasattr(builtins, n)]
+
+
+def _guard_call(function: str, *args, namespace: bool = True) -> str:
+    """One line that calls minimoe.course.guard.`function`(*args[, globals()]) without binding a
+    name in the learner's namespace."""
+    call_args = [*map(repr, args), *(["globals()"] if namespace else [])]
+    return (
+        f"__import__('minimoe.course.guard', fromlist=['{function}']).{function}("
+        + ", ".join(call_args)
+        + ")"
+    )
+
+
+@dataclass
+class GradedNotebook:
+    """The notebook the grader runs and what its cells are.
+
+    Attributes:
+        nb: the notebook.
+        checks: {cell index: check cell metadata} of every canonical check in it.
+        missing: the metadata of the checks whose answer cell is gone (not run: failed).
+        grader_cells: indices of the cells the grader added (the first cell, the markers before
+            answers, the checks).
     """
+
+    nb: NotebookNode
+    checks: dict[int, dict]
+    missing: list[dict] = field(default_factory=list)
+    grader_cells: set[int] = field(default_factory=set)
+
+
+def graded_notebook(
+    submission: NotebookNode, solution: NotebookNode, nonce: str = "0" * 32
+) -> GradedNotebook:
+    """The learner's cells without their check cells, with the canonical checks put back."""
 
     def copy(cell: NotebookNode) -> NotebookNode:
         return nbformat.from_dict(json.loads(json.dumps(cell)))
 
-    cells = [copy(c) for c in submission.cells if not has_tag(c, "check")]
-    checks = [c for c in solution.cells if c.cell_type == "code" and has_tag(c, "check")]
-    inserted: dict[int, str] = {}  # position -> exercise of each check put back so far
-    for check in checks:
-        exercise = cell_meta(check).get("exercise")
+    def grader_cell(source: str, meta: dict | None = None) -> NotebookNode:
+        return nbformat.v4.new_code_cell(
+            source, metadata={"minimoe": {"grader": True, **(meta or {})}}
+        )
+
+    cells: list[tuple[NotebookNode, str]] = [
+        (copy(c), "learner") for c in submission.cells if not has_tag(c, "check")
+    ]
+    by_exercise: dict[str, list[NotebookNode]] = {}
+    for check in solution.cells:
+        if check.cell_type == "code" and has_tag(check, "check"):
+            by_exercise.setdefault(str(cell_meta(check).get("exercise")), []).append(check)
+    missing: list[dict] = []
+    for exercise, checks in by_exercise.items():
         answers = [
             i
-            for i, c in enumerate(cells)
-            if c.cell_type == "code"
+            for i, (c, role) in enumerate(cells)
+            if role == "learner"
+            and c.cell_type == "code"
             and has_tag(c, "answer")
             and cell_meta(c).get("exercise") == exercise
         ]
-        at = answers[-1] + 1 if answers else len(cells)
-        while inserted.get(at) == exercise:  # several checks of one exercise keep their order
-            at += 1
-        inserted = {(i + 1 if i >= at else i): e for i, e in inserted.items()}
-        inserted[at] = exercise
-        cells.insert(at, copy(check))
-    nb = nbformat.from_dict({**submission, "cells": cells})
-    return nb, {i: cell_meta(nb.cells[i]) for i in sorted(inserted)}
+        if not answers:
+            missing += [dict(cell_meta(c)) for c in checks]
+            continue
+        at = answers[-1]
+        names = list(dict.fromkeys(n for c in checks for n in names_tested(c.source)))
+        canonical = [
+            (
+                grader_cell(
+                    f"# the canonical check of exercise {exercise}, put back by the grader\n"
+                    + _guard_call("run_check", exercise, nonce, c.source, names),
+                    dict(cell_meta(c)),
+                ),
+                "check",
+            )
+            for c in checks
+        ]
+        cells[at + 1 : at + 1] = canonical
+        cells.insert(at, (grader_cell(_guard_call("before_answer", names)), "grader"))
+    cells.insert(0, (grader_cell(_guard_call("arm", namespace=False)), "grader"))
+    nb = nbformat.v4.new_notebook(cells=[c for c, _ in cells])
+    return GradedNotebook(
+        nb,
+        {i: cell_meta(c) for i, (c, role) in enumerate(cells) if role == "check"},
+        missing,
+        {i for i, (_, role) in enumerate(cells) if role != "learner"},
+    )
+
+
+# --- rows ------------------------------------------------------------------------------------------
 
 
 def _error_row(path: Path, student: str, chapter: str | None, message: str) -> Row:
     return Row(student, str(path), chapter or "", "", "", False, 0, 0, message)
 
 
-def grade_notebook(path: Path, student: str, solutions_dir: Path, timeout: float = 60) -> list[Row]:
-    """Grade one submission. Never raises for a bad submission: it becomes an error row."""
-    try:
-        submission = read_notebook(path)
-    except NotebookError as err:
-        return [_error_row(path, student, None, str(err))]
-    chapter = chapter_of(path, submission)
-    if chapter is None:
-        return [
-            _error_row(
-                path,
-                student,
-                None,
-                "cannot tell the chapter: name the file "
-                "NN_topic.ipynb or set the notebook metadata minimoe.chapter",
-            )
-        ]
-    solution_path = solution_for(chapter, solutions_dir)
-    if solution_path is None:
-        return [
-            _error_row(
-                path,
-                student,
-                chapter,
-                f"unknown chapter {chapter}: no {solutions_dir}/{chapter}_*.ipynb",
-            )
-        ]
-    nb, checks = graded_notebook(submission, read_notebook(solution_path))
-    try:
-        runs = run_cells(nb, cwd=path.parent.resolve(), timeout=timeout)
-    except Exception as err:  # a kernel that cannot start is the grader's problem, reported
-        return [_error_row(path, student, chapter, f"could not run the notebook: {err}")]
+def check_verdict(run: CellRun, nonce: str, exercise: str) -> tuple[bool, str]:
+    """(passed, hint) of one canonical check cell's run."""
+    if run.status == "ok":
+        if evidence(nonce, exercise) in run.stdout.splitlines():
+            return True, ""
+        return False, (
+            f"{TAMPERED}: the check cell ran but never confirmed a pass (a hook set by an "
+            "earlier cell changed or silenced it)"
+        )
+    if run.ename == "CheckTampered":
+        lines = [line.strip() for line in run.evalue.splitlines() if line.strip()]
+        return False, lines[-1] if lines else TAMPERED
+    return False, run.hint
+
+
+def _rows(job: _Job, outcome: dict[int, tuple[bool, str]]) -> list[Row]:
+    """One row per exercise: points from each check cell's (passed, hint)."""
     rows: dict[str, Row] = {}
-    for i, meta in checks.items():
+    metas = [(i, m) for i, m in job.graded.checks.items()] + [(None, m) for m in job.graded.missing]
+    for i, meta in sorted(metas, key=lambda im: job.order.get(str(im[1].get("exercise")), 0)):
         exercise = str(meta.get("exercise", "?"))
         points = meta.get("points", 1)
         row = rows.setdefault(
             exercise,
             Row(
-                student,
-                str(path),
-                chapter,
+                job.student,
+                str(job.path),
+                job.chapter,
                 exercise,
                 str(meta.get("title") or exercise),
                 True,
@@ -193,20 +399,333 @@ def grade_notebook(path: Path, student: str, solutions_dir: Path, timeout: float
             ),
         )
         row.max_points += points
-        if runs[i].ok:
+        passed, hint = (
+            outcome[i]
+            if i is not None
+            else (
+                False,
+                f"the answer cell of exercise {exercise} is missing (the cell tagged "
+                "`answer` for it was deleted or untagged), so its check cannot run",
+            )
+        )
+        if passed:
             row.points += points
         else:
             row.passed = False
-            row.hint = row.hint or runs[i].hint
+            row.hint = row.hint or hint
     return list(rows.values())
 
 
-def grade(paths: list[str | Path], solutions_dir: str | Path, timeout: float = 60) -> list[Row]:
-    """Grade every notebook under `paths`. Returns one `Row` per exercise (or per bad notebook)."""
-    rows: list[Row] = []
-    for path, student in find_submissions(paths):
-        rows += grade_notebook(path, student, Path(solutions_dir), timeout)
+def _failed_rows(job: _Job, reason: str) -> list[Row]:
+    return _rows(job, {i: (False, reason) for i in job.graded.checks})
+
+
+# --- one notebook in a worker process -----------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    index: int
+    path: Path
+    student: str
+    chapter: str = ""
+    graded: GradedNotebook | None = None
+    nonce: str = ""
+    order: dict[str, int] = field(default_factory=dict)
+    rows: list[Row] | None = None
+    # while it runs
+    slot: int = -1
+    process: multiprocessing.Process | None = None
+    scratch: Path | None = None
+    started: float = 0.0
+
+
+def _worker(job: _Job, box: Box, timeout: float, budget: float, result: Path, pids: Path) -> None:
+    """Run one graded notebook (in a forked process, in a session of its own) and write what
+    every cell did to `result` as JSON."""
+    os.setsid()
+
+    def record(pid: int) -> None:
+        with open(pids, "a") as f:
+            f.write(f"{pid}\n")
+
+    try:
+        runs = run_cells(
+            job.graded.nb,
+            cwd=job.scratch,
+            timeout=timeout,
+            budget=budget,
+            env=box.kernel_env(job.scratch),
+            kernel_prefix=box.kernel_prefix(job.slot, job.scratch),
+            no_replay=set(job.graded.checks),
+            on_kernel=record,
+            cell_timeouts={0: max(timeout, FIRST_CELL_TIMEOUT_S)},
+        )
+        data = {"runs": [asdict(r) for r in runs]}
+    except Exception as err:  # a kernel that cannot start: the grader's problem, reported
+        data = {"error": f"could not run the notebook: {type(err).__name__}: {err}"}
+    tmp = result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    tmp.replace(result)
+    os._exit(0)
+
+
+def _kill_kernels(pids: Path, uid: int) -> None:
+    """SIGKILL every process group a notebook's kernels started, and every process of its user."""
+    if pids.exists():
+        for line in pids.read_text().split():
+            try:
+                os.killpg(int(line), signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
+    if uid < 0:
+        return
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+class Reports:
+    """The JSON and CSV reports, brought up to date after every notebook."""
+
+    def __init__(self, json_path: Path | None, csv_path: Path | None) -> None:
+        self.json_path, self.csv_path = json_path, csv_path
+        self.rows: list[Row] = []
+        self.write()
+
+    def add(self, rows: list[Row]) -> None:
+        self.rows += rows
+        self.write()
+
+    def write(self, rows: list[Row] | None = None) -> None:
+        rows = self.rows if rows is None else rows
+        if self.json_path:
+            write_json(rows, self.json_path)
+        if self.csv_path:
+            write_csv(rows, self.csv_path)
+
+
+def _prepare(
+    job: _Job, data: bytes | None, read_error: str, solutions: dict[str, NotebookNode]
+) -> None:
+    """Parse the submission and build its graded notebook, or set its error row."""
+    if data is None:
+        job.rows = [
+            _error_row(job.path, job.student, None, f"could not read the file: {read_error}")
+        ]
+        return
+    try:
+        submission = load_submission(data)
+    except SubmissionError as err:
+        job.rows = [_error_row(job.path, job.student, None, str(err))]
+        return
+    chapter = chapter_of(job.path, submission)
+    if chapter is None:
+        job.rows = [
+            _error_row(
+                job.path,
+                job.student,
+                None,
+                "cannot tell the chapter: name the file "
+                "NN_topic.ipynb or set the notebook metadata minimoe.chapter",
+            )
+        ]
+        return
+    job.chapter = chapter
+    if chapter not in solutions:
+        job.rows = [
+            _error_row(
+                job.path,
+                job.student,
+                chapter,
+                f"unknown chapter {chapter}: no solutions/{chapter}_*.ipynb",
+            )
+        ]
+        return
+    solution = solutions[chapter]
+    job.nonce = secrets.token_hex(16)
+    job.graded = graded_notebook(submission, solution, job.nonce)
+    exercises = [str(cell_meta(c).get("exercise")) for c in solution.cells if has_tag(c, "check")]
+    job.order = {e: i for i, e in enumerate(dict.fromkeys(exercises))}
+
+
+def grade(
+    paths: list[str | Path],
+    solutions_dir: str | Path,
+    timeout: float = 60,
+    *,
+    budget: float = 600,
+    memory_gb: float = 8,
+    jobs: int = 1,
+    json_out: str | Path | None = None,
+    csv_out: str | Path | None = None,
+    progress=None,
+) -> list[Row]:
+    """Grade every notebook under `paths`: one `Row` per exercise (or per unreadable notebook),
+    in the order of the submissions. See the module's docstring for what is guaranteed.
+
+    Args:
+        timeout: seconds one cell may run.
+        budget: seconds one notebook may run in all.
+        memory_gb: address-space limit of a kernel (0: none).
+        jobs: notebooks graded at once.
+        json_out, csv_out: reports rewritten after every notebook.
+        progress: called with a line of text after every notebook (e.g. print to stderr).
+    """
+    solutions_dir = Path(solutions_dir)
+    solution_bytes = {p: p.read_bytes() for p in sorted(solutions_dir.glob("[0-9][0-9]_*.ipynb"))}
+    solutions: dict[str, NotebookNode] = {}
+    for p, data in solution_bytes.items():
+        solutions.setdefault(p.name[:2], load_submission(data))
+    submissions = find_submissions(paths)
+    queue: list[_Job] = []
+    for index, (path, student) in enumerate(submissions):  # every file read before any runs
+        job = _Job(index, path, student)
+        try:
+            data, error = path.read_bytes(), ""
+        except OSError as err:
+            data, error = None, str(err)
+        _prepare(job, data, error, solutions)
+        queue.append(job)
+    reports = Reports(Path(json_out) if json_out else None, Path(csv_out) if csv_out else None)
+    done: list[_Job] = []
+    session = Path(tempfile.mkdtemp(prefix="minimoe-grade-"))
+    session.chmod(0o755)
+    try:
+        jobs = max(1, int(jobs))
+        other_user = can_run_as(SANDBOX_UID) if any(j.graded for j in queue) else False
+        pristine = [Pristine(session / f"pristine-{slot}") for slot in range(jobs)]
+        boxes = [
+            Box(
+                p.root,
+                memory_gb,
+                other_user,
+                threads=max(1, (os.cpu_count() or 1) // jobs),
+                scratch_parent=session,
+            )
+            for p in pristine
+        ]
+        running: dict[int, _Job] = {}
+        waiting = list(queue)
+
+        def finish(job: _Job, rows: list[Row]) -> None:
+            job.rows = rows
+            done.append(job)
+            reports.add(rows)
+            if progress is not None:
+                got = sum(r.points for r in rows)
+                out_of = sum(r.max_points for r in rows)
+                took = f" in {time.monotonic() - job.started:.1f} s" if job.started else ""
+                progress(f"graded {len(done)}/{len(queue)} {job.path}: {got:g}/{out_of:g}{took}")
+
+        while waiting or running:
+            while waiting and not waiting[0].graded:
+                job = waiting.pop(0)
+                finish(job, job.rows)
+            free = [s for s in range(jobs) if s not in running]
+            if waiting and free:
+                job = waiting.pop(0)
+                job.slot = free[0]
+                job.scratch = boxes[job.slot].scratch(job.slot)
+                job.started = time.monotonic()
+                job.process = multiprocessing.get_context("fork").Process(
+                    target=_worker,
+                    args=(
+                        job,
+                        boxes[job.slot],
+                        timeout,
+                        budget,
+                        job.scratch / "result.json",
+                        job.scratch / "pids",
+                    ),
+                    daemon=True,
+                )
+                job.process.start()
+                running[job.slot] = job
+                continue
+            if not running:
+                continue
+            wait([j.process.sentinel for j in running.values()], timeout=1.0)
+            for slot, job in list(running.items()):
+                late = time.monotonic() - job.started > budget + GRACE_S
+                if job.process.is_alive() and not late:
+                    continue
+                if job.process.is_alive():
+                    job.process.kill()
+                job.process.join()
+                del running[slot]
+                finish(
+                    job, _collect(job, boxes[slot], pristine[slot], solution_bytes, late, budget)
+                )
+    finally:
+        for job in queue:
+            if job.process is not None and job.process.is_alive():
+                job.process.kill()
+        remove_tree(session)
+    rows = [r for job in sorted(done, key=lambda j: j.index) for r in (job.rows or [])]
+    reports.write(rows)
     return rows
+
+
+def _collect(
+    job: _Job,
+    box: Box,
+    pristine: Pristine,
+    solution_bytes: dict[Path, bytes],
+    late: bool,
+    budget: float,
+) -> list[Row]:
+    """The rows of a finished (or killed) worker, after cleaning up and checking the copies."""
+    result, pids = job.scratch / "result.json", job.scratch / "pids"
+    _kill_kernels(pids, box.uid(job.slot))
+    data = None
+    if result.exists():
+        try:
+            data = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            data = None
+    remove_tree(job.scratch)
+    tampered = [f"minimoe/{Path(f).relative_to('minimoe').as_posix()}" for f in pristine.changed()]
+    if tampered:
+        pristine.restore()
+    for path, original in solution_bytes.items():
+        try:
+            same = path.read_bytes() == original
+        except OSError:
+            same = False
+        if not same:
+            tampered.append(str(path))
+            path.write_bytes(original)
+    if tampered:
+        return _failed_rows(
+            job,
+            f"{TAMPERED}: the notebook wrote into the grader's files ({', '.join(tampered[:3])})",
+        )
+    if late:
+        return _failed_rows(
+            job, f"the notebook ran past its time budget of {budget:g} s and was stopped"
+        )
+    if data is None:
+        code = job.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return _failed_rows(
+            job,
+            f"the notebook's grading process ended early ({how}): a cell may have killed its parent process or process group",
+        )
+    if "error" in data:
+        return _failed_rows(job, data["error"])
+    runs = {r["index"]: CellRun(**r) for r in data["runs"]}
+    outcome = {
+        i: check_verdict(runs[i], job.nonce, str(m.get("exercise")))
+        for i, m in job.graded.checks.items()
+    }
+    return _rows(job, outcome)
 
 
 def _points(x: float) -> str:
@@ -241,17 +760,30 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _replace(path: str | Path, write) -> None:
+    """Write through a temporary file and rename it, so a reader never sees half a report."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        write(f)
+    tmp.replace(path)
+
+
 def write_json(rows: list[Row], path: str | Path) -> None:
     """The rows as a JSON list of objects with the keys of `FIELDS`."""
-    Path(path).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n", encoding="utf-8")
+    text = json.dumps([asdict(r) for r in rows], indent=1) + "\n"
+    _replace(path, lambda f: f.write(text))
 
 
 def write_csv(rows: list[Row], path: str | Path) -> None:
     """The rows as CSV with a header line of `FIELDS`."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
+
+    _replace(path, write)
 
 
 def default_solutions_dir() -> Path:
@@ -270,6 +802,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of the canonical solutions (default: ./solutions)",
     )
     parser.add_argument("--timeout", type=float, default=60, help="seconds per cell (default 60)")
+    parser.add_argument(
+        "--budget", type=float, default=600, help="seconds per notebook in all (default 600)"
+    )
+    parser.add_argument(
+        "--memory-gb",
+        type=float,
+        default=8,
+        help="address-space limit of each kernel in GiB, 0 for none (default 8)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (default 1)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the rows as JSON")
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the rows as CSV")
 
@@ -284,12 +826,24 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"solutions folder not found: {solutions} (use --solutions DIR)")
     if not args.timeout > 0:
         parser.error("--timeout must be > 0")
+    if not args.budget > 0:
+        parser.error("--budget must be > 0")
+    if not args.memory_gb >= 0:
+        parser.error("--memory-gb must be >= 0")
+    if not args.jobs >= 1:
+        parser.error("--jobs must be >= 1")
     if not find_submissions(args.paths):
         parser.error(f"no notebooks found under {' '.join(map(str, args.paths))}")
-    rows = grade(args.paths, solutions, args.timeout)
+    rows = grade(
+        args.paths,
+        solutions,
+        args.timeout,
+        budget=args.budget,
+        memory_gb=args.memory_gb,
+        jobs=args.jobs,
+        json_out=args.json,
+        csv_out=args.csv,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print(format_table(rows))
-    if args.json:
-        write_json(rows, args.json)
-    if args.csv:
-        write_csv(rows, args.csv)
     return 0
