@@ -3,26 +3,40 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# `make lab` installs what the course needs; `make test` adds the test-only tools. Each has its stamp.
+COURSE_STAMP := $(VENV)/.course-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 JOBS ?= 2
 
-.PHONY: lab test quick setup lint clean exercises chromium
+.PHONY: lab test quick setup reset lint clean exercises chromium
 
-$(STAMP): pyproject.toml constraints.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade -c constraints.txt pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
-	@touch $(STAMP)
 
-setup: $(STAMP)
+$(COURSE_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[course]"
+	@touch $(COURSE_STAMP)
 
-# Opens JupyterLab on the first chapter; with no display it prints the URL to open instead.
-lab: setup
-	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then browser=; else browser=--no-browser; fi; \
-	if [ "$$(id -u)" = 0 ]; then root=--allow-root; else root=; fi; \
-	$(VENV)/bin/jupyter lab $$browser $$root notebooks/00_start_here.ipynb
+$(TEST_STAMP): $(COURSE_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[course,test]"
+	@touch $(TEST_STAMP)
 
-lint: setup
+setup: $(COURSE_STAMP)
+
+# JupyterLab on the whole course, opened at chapter 00 (notebooks/00_start_here.ipynb). Your work
+# lives in workspace/ (git-ignored), filled from the course on the first run and never overwritten;
+# the link printed (and, on a desktop, opened) carries the server's token.
+lab: $(COURSE_STAMP)
+	$(PY) -m minimoe lab
+
+# Put the shipped version of one notebook back in workspace/ (yours moves to workspace/backups/):
+#   make reset NB=exercises/01_dense_to_experts.ipynb
+reset: $(COURSE_STAMP)
+	@test -n "$(NB)" || { echo "usage: make reset NB=exercises/01_dense_to_experts.ipynb"; exit 2; }
+	$(PY) -m minimoe lab --reset "$(NB)"
+
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check minimoe tests notebooks solutions exercises
 	$(PY) -m minimoe.course.notebooks check-clean notebooks solutions exercises
 
@@ -44,11 +58,11 @@ test: lint chromium
 		--nbval-cell-timeout=600 notebooks solutions exercises
 
 # The inner loop: unit tests only, no notebooks, no parity, no browser.
-quick: setup
+quick: $(TEST_STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow and not browser" tests
 
 # Rewrite exercises/ from solutions/ (a test fails when they are stale).
-exercises: setup
+exercises: $(COURSE_STAMP)
 	$(PY) -m minimoe.course.notebooks generate
 
 clean:

@@ -4,8 +4,8 @@
 
 or, in a notebook cell, `from minimoe.doctor import doctor_report, format_report`.
 
-Checks: the Python version; the versions of torch, triton, transformers, numpy, plotly,
-ipywidgets, jupyterlab (against the ranges minimoe declares); the device (a CUDA GPU or the CPU);
+Checks: the Python version; the versions of torch, triton, numpy, plotly, ipywidgets,
+jupyterlab and (for the tests only) transformers, against the ranges minimoe declares; the device (a CUDA GPU or the CPU);
 whether Triton compiles and runs a tiny kernel on the GPU or, without one, in its CPU interpreter
 (in a subprocess, with TRITON_INTERPRET=1 set for that subprocess only); whether the JupyterLab
 widget extensions are installed. Each problem comes with advice. It takes a few seconds.
@@ -30,18 +30,19 @@ if TYPE_CHECKING:
 
 Status = Literal["OK", "WARN", "FAIL"]
 
-# package -> (what it is for, FAIL or WARN when missing)
+# package -> (what it is for, its status when missing). `make lab` installs the library and the
+# `course` extra; a test-only package (`make test` installs it) is OK when missing.
 PACKAGES: dict[str, tuple[str, Status]] = {
     "torch": ("the library itself", "FAIL"),
     "numpy": ("the library itself", "FAIL"),
     "triton": ("chapter 06 (Triton experts)", "WARN"),
-    "transformers": ("parity tests and chapter 10 (HF Mixtral)", "WARN"),
     "plotly": ("interactive figures", "WARN"),
     "ipywidgets": ("interactive figures", "WARN"),
     "jupyterlab": ("opening the course", "WARN"),
+    "transformers": ("the parity tests only; `make test` installs it", "OK"),
 }
 MIN_PYTHON = (3, 10)
-INSTALL = "run `make lab` (or `pip install -c constraints.txt -e '.[test]'`)"
+INSTALL = "run `make lab` (or `pip install -c constraints.txt -e '.[course]'`)"
 
 TRITON_PROBE = """
 import torch, triton, triton.language as tl
@@ -133,7 +134,8 @@ def check_package(name: str, reqs: dict[str, Requirement]) -> Check:
     try:
         version = md.version(name)
     except md.PackageNotFoundError:
-        return Check(name, missing_status, f"not installed (needed for {purpose})", INSTALL)
+        advice = "" if missing_status == "OK" else INSTALL
+        return Check(name, missing_status, f"not installed (needed for {purpose})", advice)
     req = reqs.get(name)
     if req is not None and req.specifier and not req.specifier.contains(version, prereleases=True):
         return Check(
@@ -275,7 +277,7 @@ def format_report(checks: list[Check]) -> str:
         else ("WARN" if any(c.status == "WARN" for c in checks) else "OK")
     )
     summary = {
-        "OK": "All good: open notebooks/00_start_here.ipynb.",
+        "OK": "All good: `make lab` opens the course at notebooks/00_start_here.ipynb.",
         "WARN": "Usable, with the limitations above.",
         "FAIL": "Some checks FAILed: follow the advice above, then run `python -m minimoe doctor` again.",
     }[worst]

@@ -1,4 +1,5 @@
-"""environment.yml mirrors pyproject.toml: every runtime dependency, with the same version range."""
+"""environment.yml mirrors pyproject.toml: every dependency of the library and of the `course`
+extra (what `make lab` installs), with the same version range."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def conda_spec(line: str) -> tuple[str, SpecifierSet]:
 
 
 def mismatches(pyproject_text: str, env_text: str) -> list[str]:
-    """What environment.yml lacks or states differently, one line per runtime dependency."""
-    deps = [Requirement(r) for r in tomllib.loads(pyproject_text)["project"]["dependencies"]]
+    """What environment.yml lacks or states differently, one line per dependency of the library
+    and of the course extra."""
+    project = tomllib.loads(pyproject_text)["project"]
+    course = project.get("optional-dependencies", {}).get("course", [])
+    deps = [Requirement(r) for r in [*project["dependencies"], *course]]
     env = yaml.safe_load(env_text)
     conda: dict[str, SpecifierSet] = {}
     pip: dict[str, Requirement] = {}
@@ -69,19 +73,22 @@ def test_environment_yml_mirrors_pyproject():
     assert mismatches(pyproject, env) == []
 
 
-def test_environment_yml_uses_conda_forge_and_installs_minimoe():
+def test_environment_yml_uses_conda_forge_and_installs_minimoe_for_the_course():
     env = yaml.safe_load((ROOT / "environment.yml").read_text(encoding="utf-8"))
     assert env["channels"] == ["conda-forge"]
     names = [conda_spec(d)[0] for d in env["dependencies"] if isinstance(d, str)]
     assert "python" in names and "pip" in names
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert any(line.replace(" ", "").startswith("-e.") for line in pip)
+    assert "-e.[course]" in [line.replace(" ", "") for line in pip]
 
 
 PYPROJECT = """
 [project]
 name = "x"
-dependencies = ["torch>=2.4", "ipywidgets>=8,<9", "triton>=3.0; platform_system == 'Linux'"]
+dependencies = ["torch>=2.4", "triton>=3.0; platform_system == 'Linux'"]
+[project.optional-dependencies]
+course = ["ipywidgets>=8,<9"]
+test = ["pytest>=8"]
 """
 
 
@@ -93,10 +100,14 @@ dependencies = ["torch>=2.4", "ipywidgets>=8,<9", "triton>=3.0; platform_system 
             "{pip: [\"triton>=3.0; platform_system == 'Linux'\", -e .]}]",
             [],
         ),
-        ("dependencies: [pytorch>=2.4, ipywidgets>=8]", ["ipywidgets", "triton"]),  # range, missing
+        ("dependencies: [pytorch>=2.4, ipywidgets>=8]", ["triton", "ipywidgets"]),  # missing, range
         (
             "dependencies: ['ipywidgets>=8,<9', {pip: [torch>=2.5, triton>=3.0]}]",
             ["torch", "triton"],
+        ),
+        (  # the test extra is not the course's business
+            "dependencies: [pytorch>=2.4, 'ipywidgets >=8,<9', {pip: [triton>=3.0]}]",
+            ["triton"],
         ),
     ],
 )

@@ -26,3 +26,19 @@ def test_two_commands_are_wired():
     assert "notebooks/00_start_here.ipynb" in makefile
     assert "-c constraints.txt" in makefile
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
+
+
+def test_lab_installs_the_course_and_test_adds_the_test_tools():
+    """`make lab` installs the `course` extra only; `make test` adds the `test` extra; a stamp each."""
+    makefile = (ROOT / "Makefile").read_text()
+
+    def recipe(target: str) -> str:
+        match = re.search(rf"^{re.escape(target)}:(.*)\n((?:\t.*\n)*)", makefile, flags=re.M)
+        assert match, f"no target {target}"
+        return match.group(1) + "\n" + match.group(2)
+
+    course, tests = recipe("$(COURSE_STAMP)"), recipe("$(TEST_STAMP)")
+    assert '-e ".[course]"' in course and "test" not in course
+    assert '-e ".[course,test]"' in tests and "$(COURSE_STAMP)" in tests
+    assert "$(COURSE_STAMP)" in recipe("lab") and "-m minimoe lab" in recipe("lab")
+    assert "$(TEST_STAMP)" in recipe("lint") and "lint" in recipe("test")

@@ -1,0 +1,199 @@
+"""`python -m minimoe lab`: the workspace it fills, the settings it writes, the server it starts.
+
+The browser side (landing on chapter 00, saving, reopening) is in tests/test_browser.py; these
+tests check the rules the workspace keeps, on a small course made in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from minimoe.course import lab
+from minimoe.course.clean import check_clean
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _notebook(path: Path, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["language_info"] = {"name": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def course(tmp_path: Path) -> Path:
+    root = tmp_path / "course"
+    _notebook(root / lab.FIRST_PAGE, "print('start')")
+    _notebook(root / "exercises" / "00_start_here.ipynb", "x = 1")
+    _notebook(root / "solutions" / "00_start_here.ipynb", "x = 2")
+    (root / "docs").mkdir()
+    (root / "docs" / "conventions.md").write_text("# Conventions\n")
+    return root
+
+
+def _run_and_save(path: Path, source: str | None = None, output: str = "out") -> None:
+    """What JupyterLab does to a notebook a learner runs (and, with `source`, edits) and saves."""
+    nb = json.loads(path.read_text())
+    cell = nb["cells"][0]
+    if source is not None:
+        cell["source"] = source
+    cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": output}]
+    cell["execution_count"] = 1
+    nb["metadata"]["widgets"] = {"state": {}}
+    path.write_text(json.dumps(nb))
+
+
+def test_first_run_copies_the_whole_course(course, tmp_path):
+    ws = tmp_path / "ws"
+    report = lab.sync(course, ws)
+    expected = [
+        "notebooks/00_start_here.ipynb",
+        "exercises/00_start_here.ipynb",
+        "solutions/00_start_here.ipynb",
+        "docs/conventions.md",
+    ]
+    assert sorted(report.added) == sorted(expected)
+    for rel in expected:
+        assert lab.fingerprint(ws / rel) == lab.fingerprint(course / rel)
+    assert lab.sync(course, ws).added == []  # a second run has nothing to do
+
+
+def test_copies_carry_the_kernel_metadata_so_opening_changes_nothing(course, tmp_path):
+    ws = tmp_path / "ws"
+    lab.sync(course, ws)
+    meta = json.loads((ws / lab.FIRST_PAGE).read_text())["metadata"]
+    info = meta["language_info"]
+    assert info["name"] == "python" and info["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert "codemirror_mode" in info and meta["kernelspec"]["name"] == "python3"
+    from ipykernel.ipkernel import IPythonKernel
+
+    assert {k: v for k, v in info.items() if k != "version"} == {
+        k: v for k, v in IPythonKernel.language_info.items() if k != "version"
+    }
+
+
+def test_the_learners_work_is_never_overwritten(course, tmp_path):
+    ws = tmp_path / "ws"
+    lab.sync(course, ws)
+    mine = ws / "exercises" / "00_start_here.ipynb"
+    _run_and_save(mine, source="x = 'my answer'")
+    _notebook(course / "exercises" / "00_start_here.ipynb", "x = 1  # a newer course")
+    report = lab.sync(course, ws)
+    assert report.kept == ["exercises/00_start_here.ipynb"] and report.updated == []
+    assert "my answer" in mine.read_text()
+    assert any("--reset exercises/00_start_here.ipynb" in line for line in report.lines())
+    assert lab.sync(course, ws).kept == ["exercises/00_start_here.ipynb"]  # said again next time
+
+
+def test_unchanged_files_follow_the_course_and_new_chapters_appear(course, tmp_path):
+    ws = tmp_path / "ws"
+    lab.sync(course, ws)
+    lesson = ws / lab.FIRST_PAGE
+    _run_and_save(lesson)  # run and saved, but not edited: outputs are not the learner's change
+    _notebook(course / lab.FIRST_PAGE, "print('a clearer start')")
+    _notebook(course / "notebooks" / "01_dense_to_experts.ipynb", "print('new chapter')")
+    report = lab.sync(course, ws)
+    assert report.updated == [lab.FIRST_PAGE]
+    assert report.added == ["notebooks/01_dense_to_experts.ipynb"]
+    assert "a clearer start" in lesson.read_text()
+    assert (ws / "notebooks" / "01_dense_to_experts.ipynb").exists()
+
+
+def test_reset_restores_the_shipped_version_and_keeps_a_backup(course, tmp_path):
+    ws = tmp_path / "ws"
+    lab.sync(course, ws)
+    mine = ws / "exercises" / "00_start_here.ipynb"
+    _run_and_save(mine, source="x = 'my answer'")
+    backup = lab.reset(course, ws, "exercises/00_start_here.ipynb")
+    assert backup is not None and backup.parent == ws / "backups" / "exercises"
+    assert "my answer" in backup.read_text()
+    assert lab.fingerprint(mine) == lab.fingerprint(course / "exercises" / "00_start_here.ipynb")
+    assert lab.sync(course, ws).kept == []
+    with pytest.raises(ValueError, match="not a file the course ships"):
+        lab.reset(course, ws, "exercises/99_nothing.ipynb")
+
+
+def test_bad_workspace_or_course_is_a_clear_error(course, tmp_path):
+    with pytest.raises(ValueError, match="must not be inside the course's notebooks/"):
+        lab.sync(course, course / "notebooks" / "mine")
+    with pytest.raises(ValueError, match="folder of its own"):
+        lab.sync(course, course)
+    with pytest.raises(FileNotFoundError, match="00_start_here.ipynb not found"):
+        lab.sync(tmp_path / "empty", tmp_path / "ws")
+
+
+def test_settings_switch_off_the_first_run_prompts_and_keep_the_learners(tmp_path):
+    folder = lab.write_settings(tmp_path)
+    news = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    assert json.loads(news.read_text()) == {"fetchNews": "false", "checkForUpdates": False}
+    news.write_text('{"fetchNews": "true"}')  # changed by the learner in Settings
+    lab.write_settings(tmp_path)
+    assert news.read_text() == '{"fetchNews": "true"}'
+
+
+def test_server_uses_the_workspace_and_only_its_own_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    srv = lab.server(tmp_path / "ws", 8899, "abc")
+    assert srv.url == f"http://localhost:8899/lab/tree/{lab.FIRST_PAGE}?token=abc"
+    assert f"--ServerApp.root_dir={(tmp_path / 'ws').resolve()}" in srv.command
+    assert "--ContentsManager.pre_save_hook=minimoe.course.lab.strip_widget_views" in srv.command
+    assert srv.env["JUPYTERLAB_SETTINGS_DIR"].startswith(str((tmp_path / "ws").resolve()))
+    assert srv.env["JUPYTERLAB_WORKSPACES_DIR"].startswith(str((tmp_path / "ws").resolve()))
+    assert srv.env.get("JUPYTER_CONFIG_DIR") == os.environ.get("JUPYTER_CONFIG_DIR")
+    assert not any(str(tmp_path / "home") in arg for arg in srv.command)
+
+
+def test_saving_replaces_widget_views_and_keeps_the_other_outputs():
+    widget = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("slider")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="✓ passed\n"),
+        nbformat.v4.new_output(
+            "display_data",
+            data={lab.WIDGET_VIEW: widget, "text/plain": "IntSlider(value=1)"},
+        ),
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"}),
+    ]
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    model = {"type": "notebook", "content": json.loads(nbformat.writes(nb))}
+    lab.strip_widget_views(model=model, path="x.ipynb", contents_manager=None)
+    outputs = model["content"]["cells"][0]["outputs"]
+    assert "".join(outputs[0]["text"]) == "✓ passed\n"
+    assert outputs[2]["data"] == {"image/png": "iVBOR"}
+    assert outputs[1]["data"] == {"text/plain": lab.WIDGET_NOTE}
+    assert "widgets" not in model["content"]["metadata"]
+    nbformat.validate(nbformat.from_dict(model["content"]))
+    lab.strip_widget_views(model={"type": "file", "content": "text"}, path="a.txt")  # untouched
+
+
+def test_the_default_workspace_is_ignored_by_git():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = "workspace/exercises/01_dense_to_experts.ipynb"
+    done = subprocess.run(
+        ["git", "check-ignore", "-q", probe], cwd=ROOT, capture_output=True, check=False
+    )
+    assert done.returncode == 0, f"{probe} is not git-ignored"
+
+
+def test_prepare_only_from_the_command_line(tmp_path):
+    ws = tmp_path / "ws"
+    done = subprocess.run(
+        [sys.executable, "-m", "minimoe", "lab", "--workspace", str(ws), "--prepare-only"],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "copied" in done.stdout and "jupyterlab" in done.stdout
+    assert (ws / lab.FIRST_PAGE).exists() and (ws / "exercises").is_dir()
+    assert check_clean([ROOT / "notebooks", ROOT / "exercises", ROOT / "solutions"]) == []
