@@ -1,4 +1,4 @@
-"""The `minimoe` command: `python -m minimoe doctor | grade | bench | train | collapse-lab`.
+"""The `minimoe` command: `python -m minimoe doctor | grade | lab | bench | train | collapse-lab`.
 
 Each subcommand lives in its own module, which provides
 
@@ -21,6 +21,7 @@ import sys
 SUBCOMMANDS = {
     "doctor": ("minimoe.doctor", "check the environment: versions, device, Triton, widgets"),
     "grade": ("minimoe.course.grade", "grade submitted exercise notebooks"),
+    "lab": ("minimoe.course.lab", "open the course in JupyterLab, your work in workspace/"),
     "bench": ("minimoe.bench", "benchmark the MoE implementations"),
     "train": ("minimoe.lm", "train the tiny MoE language model (or its dense twin)"),
     "collapse-lab": ("minimoe.collapse", "collapse a router, then recover it with each remedy"),
