@@ -245,7 +245,9 @@ def test_switch_lb_loss_is_mean_over_sequences() -> None:
 S_SWITCH = 8  # tokens per sequence: Switch routes each sequence on its own
 
 
-def _switch_pair(capacity: int, dtype: torch.dtype, d_ff: int = 24, n_exp: int = 4):
+def _switch_pair(
+    capacity: int, dtype: torch.dtype, d_ff: int = 24, n_exp: int = 4, act: str = "gelu"
+):
     """An HF SwitchTransformersSparseMLP (GELU experts, so minimoe has the activation) and the
     MoELayer with the same weights and the Switch conventions."""
     cfg = SwitchTransformersConfig(
@@ -254,7 +256,7 @@ def _switch_pair(capacity: int, dtype: torch.dtype, d_ff: int = 24, n_exp: int =
         num_experts=n_exp,
         expert_capacity=capacity,
         router_jitter_noise=0.0,
-        dense_act_fn="gelu",
+        dense_act_fn=act,
     )
     hf = hf_switch.SwitchTransformersSparseMLP(cfg)
     g = torch.Generator().manual_seed(10)
@@ -269,7 +271,7 @@ def _switch_pair(capacity: int, dtype: torch.dtype, d_ff: int = 24, n_exp: int =
         d_ff,
         n_exp,
         top_k=1,
-        activation="gelu",
+        activation=act,
         gating="switch",
         capacity_formula="switch",
         expert_capacity=capacity,
@@ -340,6 +342,29 @@ def test_switch_sparse_mlp_is_our_layer(capacity: int, dtype: torch.dtype) -> No
     assert torch.all(y_hf.reshape(-1, D)[dropped_T] == 0), "HF: a dropped token's output is 0"
 
 
+@pytest.mark.parametrize("capacity", [3, 8])
+def test_switch_sparse_mlp_relu_experts(capacity: int) -> None:
+    """HF SwitchTransformers' default activation, `dense_act_fn="relu"`, == activation="relu",
+    output and gradients, for every experts implementation of minimoe."""
+    from minimoe import einsum_moe, grouped_mm_moe, loop_moe, padded_bmm_moe
+
+    hf, ours = _switch_pair(capacity, torch.float64, act="relu")
+    x = torch.randn(
+        2, S_SWITCH, D, generator=torch.Generator().manual_seed(31), dtype=torch.float64
+    )
+    x_hf = x.clone().requires_grad_()
+    y_hf = hf(x_hf)
+    y_hf.sum().backward()
+    for fn in (loop_moe, einsum_moe, padded_bmm_moe, grouped_mm_moe, reference_moe):
+        ours.experts_fn = fn
+        x_ours = x.clone().requires_grad_()
+        y_ours, _ = ours(x_ours)
+        assert_close(y_ours, y_hf, **TOL[torch.float64], name=f"{fn.__name__}: ReLU Switch MLP")
+        y_ours.sum().backward()
+        assert_close(x_ours.grad, x_hf.grad, **TOL[torch.float64], name=f"{fn.__name__}: dx")
+    assert (y_hf != 0).any()
+
+
 # ----------------------------------------------------------------------------------------------
 # DeepSeek-V3: sigmoid, selection-only bias, group-limited top-k, scale
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +372,9 @@ def test_switch_sparse_mlp_is_our_layer(capacity: int, dtype: torch.dtype) -> No
 DS_E, DS_K, DS_GROUPS, DS_TOPK_GROUPS, DS_SCALE = 16, 4, 4, 2, 2.5
 
 
-def _deepseek_router(bias_E: torch.Tensor, seed: int = 14) -> DeepseekV3TopkRouter:
+def _deepseek_router(
+    bias_E: torch.Tensor, seed: int = 14, norm_topk_prob: bool = True
+) -> DeepseekV3TopkRouter:
     cfg = DeepseekV3Config(
         hidden_size=D,
         n_routed_experts=DS_E,
@@ -355,7 +382,7 @@ def _deepseek_router(bias_E: torch.Tensor, seed: int = 14) -> DeepseekV3TopkRout
         n_group=DS_GROUPS,
         topk_group=DS_TOPK_GROUPS,
         routed_scaling_factor=DS_SCALE,
-        norm_topk_prob=True,
+        norm_topk_prob=norm_topk_prob,
     )
     hf = DeepseekV3TopkRouter(cfg)
     with torch.no_grad():
@@ -408,6 +435,32 @@ def test_deepseek_v3_router(bias_kind: str) -> None:
     # every token's picks come from at most topk_groups groups
     for row in idx_hf // (DS_E // DS_GROUPS):
         assert row.unique().numel() <= DS_TOPK_GROUPS
+
+
+@pytest.mark.parametrize("bias_scale", [0.0, 0.3])
+def test_deepseek_v3_norm_topk_prob_false(bias_scale: float) -> None:
+    """HF `norm_topk_prob=False`: the selected sigmoid scores times the scale, no renormalising."""
+    bias_E = (torch.rand(DS_E, generator=torch.Generator().manual_seed(32)) - 0.5) * bias_scale
+    hf = _deepseek_router(bias_E, norm_topk_prob=False)
+    x_TD = torch.randn(20, D, generator=torch.Generator().manual_seed(33))
+    logits_TE, w_hf, idx_hf = hf(x_TD)
+    kw = dict(bias_E=bias_E, n_groups=DS_GROUPS, topk_groups=DS_TOPK_GROUPS,
+              routed_scaling_factor=DS_SCALE)  # fmt: skip
+    r = route(logits_TE, DS_K, "deepseek_v3", norm_topk_prob=False, **kw)
+    idx_hf, w_hf = _by_expert_id(idx_hf, w_hf)
+    idx_ours, w_ours = _by_expert_id(r.expert_TK, r.gate_TK)
+    assert torch.equal(idx_ours, idx_hf)
+    assert_close(w_ours, w_hf, name="DeepSeek-V3 without renormalisation")
+    assert_close(w_hf, torch.sigmoid(logits_TE).gather(1, idx_hf) * DS_SCALE, name="s * scale")
+    normed = route(logits_TE, DS_K, "deepseek_v3", **kw)
+    assert (normed.gate_TK.sum(-1) - DS_SCALE).abs().max() < 1e-5
+    assert (r.gate_TK.sum(-1) - DS_SCALE).abs().max() > 1e-2, "the two conventions differ"
+    layer = MoELayer(MoEConfig(D, 8, DS_E, top_k=DS_K, gating="deepseek_v3", n_groups=DS_GROUPS,
+                               topk_groups=DS_TOPK_GROUPS, routed_scaling_factor=DS_SCALE,
+                               norm_topk_prob=False))  # fmt: skip
+    _, res = layer(x_TD)
+    s_TK = torch.sigmoid(res.routing.logits_TE).gather(1, res.routing.expert_TK)
+    assert_close(res.routing.gate_TK, s_TK * DS_SCALE, name="layer, norm_topk_prob=False")
 
 
 def test_deepseek_v3_group_mask_is_minus_inf() -> None:

@@ -73,8 +73,13 @@ LAYOUTS = {
     "w3_column_major": dict(w3=column_major),  # the layout that once read w1's strides
     "w3_strided_w1_column_major": dict(w1=column_major, w3=strided_slice),
     "everything": dict(
-        x=strided_slice, gate=column_major, expert=column_major, keep=column_major,
-        w1=strided_slice, w2=column_major, w3=column_major,
+        x=strided_slice,
+        gate=column_major,
+        expert=column_major,
+        keep=column_major,
+        w1=strided_slice,
+        w2=column_major,
+        w3=column_major,
     ),  # fmt: skip
 }
 

@@ -73,12 +73,32 @@ def experts_rows(fn):
         (lambda: fn(X, EXPERT, GATE.long(), PARAMS), TypeError, "gate_TK must be a floating"),
         (lambda: fn(X[:, :7], EXPERT, GATE, PARAMS), ValueError, "x_TD must have shape"),
         (lambda: fn(X.double(), EXPERT, GATE, PARAMS), TypeError, "cast one"),
-        (lambda: fn(X, EXPERT, GATE, PARAMS, torch.ones(6, 2)), TypeError, "keep_TK must be a bool"),
-        (lambda: fn(X, EXPERT, GATE, PARAMS, torch.ones(6, 3, dtype=torch.bool)), ValueError, "keep_TK must have shape"),  # fmt: skip
+        (
+            lambda: fn(X, EXPERT, GATE, PARAMS, torch.ones(6, 2)),
+            TypeError,
+            "keep_TK must be a bool",
+        ),
+        (
+            lambda: fn(X, EXPERT, GATE, PARAMS, torch.ones(6, 3, dtype=torch.bool)),
+            ValueError,
+            "keep_TK must have shape",
+        ),  # fmt: skip
         (lambda: fn(X, EXPERT, GATE, PARAMS._replace(w3_EFD=None)), ValueError, "needs w3_EFD"),
-        (lambda: fn(X, EXPERT, GATE, PARAMS._replace(w3_EFD=PARAMS.w3_EFD[:, :9])), ValueError, "w3_EFD must have shape"),  # fmt: skip
-        (lambda: fn(X, EXPERT, GATE, PARAMS._replace(w2_EDF=PARAMS.w1_EFD)), ValueError, "w2_EDF must have shape"),  # fmt: skip
-        (lambda: fn(X, EXPERT, GATE, PARAMS._replace(activation="tanh")), ValueError, "activation='tanh'"),  # fmt: skip
+        (
+            lambda: fn(X, EXPERT, GATE, PARAMS._replace(w3_EFD=PARAMS.w3_EFD[:, :9])),
+            ValueError,
+            "w3_EFD must have shape",
+        ),  # fmt: skip
+        (
+            lambda: fn(X, EXPERT, GATE, PARAMS._replace(w2_EDF=PARAMS.w1_EFD)),
+            ValueError,
+            "w2_EDF must have shape",
+        ),  # fmt: skip
+        (
+            lambda: fn(X, EXPERT, GATE, PARAMS._replace(activation="tanh")),
+            ValueError,
+            "activation='tanh'",
+        ),  # fmt: skip
         (lambda: fn(X, EXPERT, GATE, (PARAMS.w1_EFD, PARAMS.w2_EDF)), TypeError, "ExpertParams"),
     ]
 
@@ -102,12 +122,24 @@ BAD_INPUTS = {
         (cfg(capacity_factor=math.nan), ValueError, "capacity_factor must be > 0"),
         (cfg(capacity_factor="1.0"), TypeError, "capacity_factor must be a real number"),
         (cfg(min_capacity=2.0), TypeError, "min_capacity must be an int"),
-        (cfg(capacity_formula="switch", expert_capacity=2.5), TypeError, "expert_capacity must be an int"),  # fmt: skip
+        (
+            cfg(capacity_formula="switch", expert_capacity=2.5),
+            TypeError,
+            "expert_capacity must be an int",
+        ),  # fmt: skip
         (cfg(capacity_formula="switch"), ValueError, "needs expert_capacity"),
         (cfg(group_size=4.0), TypeError, "group_size must be an int"),
         (cfg(group_size=-2), ValueError, "group_size must be a positive int"),
-        (cfg(gating="deepseek_v3", routed_scaling_factor=-1.0), ValueError, "routed_scaling_factor must be > 0"),  # fmt: skip
-        (cfg(gating="deepseek_v3", routed_scaling_factor=math.nan), ValueError, "routed_scaling_factor"),  # fmt: skip
+        (
+            cfg(gating="deepseek_v3", routed_scaling_factor=-1.0),
+            ValueError,
+            "routed_scaling_factor must be > 0",
+        ),  # fmt: skip
+        (
+            cfg(gating="deepseek_v3", routed_scaling_factor=math.nan),
+            ValueError,
+            "routed_scaling_factor",
+        ),  # fmt: skip
         (cfg(seed=1.5), TypeError, "seed must be an int"),
         (cfg(jitter_eps=1.0), ValueError, r"jitter_eps must be in \[0, 1\)"),
         (cfg(jitter_scope="experts"), ValueError, "jitter_scope='experts' is not one of"),
@@ -116,8 +148,16 @@ BAD_INPUTS = {
         (cfg(second_expert_policy="sampling"), ValueError, "second_expert_policy='sampling'"),
         (cfg(norm_topk_prob=False), ValueError, "norm_topk_prob=False is the 'deepseek_v3'"),
         (cfg(gating="deepseek_v3", n_groups=3), ValueError, "n_groups=3 must divide n_experts=4"),
-        (cfg(gating="deepseek_v3", n_groups=2, topk_groups=3), ValueError, "topk_groups must be an int in"),  # fmt: skip
-        (cfg(gating="deepseek_v3", n_groups=4, topk_groups=1), ValueError, "top_k exceeds the 1 experts"),  # fmt: skip
+        (
+            cfg(gating="deepseek_v3", n_groups=2, topk_groups=3),
+            ValueError,
+            "topk_groups must be an int in",
+        ),  # fmt: skip
+        (
+            cfg(gating="deepseek_v3", n_groups=4, topk_groups=1),
+            ValueError,
+            "top_k exceeds the 1 experts",
+        ),  # fmt: skip
         (cfg(renormalize_after_drop=1), TypeError, "renormalize_after_drop must be True or False"),
         (cfg(aux_loss="gshard"), ValueError, "aux_loss='gshard' is not one of"),
     ],
@@ -128,17 +168,53 @@ BAD_INPUTS = {
         (lambda: route(LOGITS, 2, "topk"), ValueError, "gating='topk' is not one of"),
         (lambda: route(LOGITS[0], 2), ValueError, "logits_TE must be 2-D"),
         (lambda: route(LOGITS.long(), 2), TypeError, "logits_TE must be a floating"),
-        (lambda: route(LOGITS, 2, "deepseek_v3", bias_E=torch.zeros(4)), ValueError, r"bias_E must have shape \(5,\)"),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, "deepseek_v3", bias_E=torch.zeros(4)),
+            ValueError,
+            r"bias_E must have shape \(5,\)",
+        ),  # fmt: skip
         (lambda: route(LOGITS, 2, "mixtral", bias_E=torch.zeros(5)), ValueError, "selection bias"),
-        (lambda: route(LOGITS, 2, select_noise_TE=torch.zeros(6, 4)), ValueError, "select_noise_TE must have shape"),  # fmt: skip
-        (lambda: route(LOGITS, 2, "deepseek_v3", n_groups=2), ValueError, "n_groups=2 must divide n_experts=5"),  # fmt: skip
-        (lambda: route(LOGITS[:, :4], 3, "deepseek_v3", n_groups=2, topk_groups=1), ValueError, "top_k exceeds the 2 experts"),  # fmt: skip
-        (lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=0), ValueError, "topk_groups must be an int in"),  # fmt: skip
-        (lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=3), ValueError, "topk_groups must be an int in"),  # fmt: skip
-        (lambda: route(LOGITS, 2, "mixtral", n_groups=5, topk_groups=1), ValueError, "group-limited"),  # fmt: skip
-        (lambda: route(LOGITS, 2, "deepseek_v3", routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be > 0"),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, select_noise_TE=torch.zeros(6, 4)),
+            ValueError,
+            "select_noise_TE must have shape",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, "deepseek_v3", n_groups=2),
+            ValueError,
+            "n_groups=2 must divide n_experts=5",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS[:, :4], 3, "deepseek_v3", n_groups=2, topk_groups=1),
+            ValueError,
+            "top_k exceeds the 2 experts",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=0),
+            ValueError,
+            "topk_groups must be an int in",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=3),
+            ValueError,
+            "topk_groups must be an int in",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, "mixtral", n_groups=5, topk_groups=1),
+            ValueError,
+            "group-limited",
+        ),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, "deepseek_v3", routed_scaling_factor=0.0),
+            ValueError,
+            "routed_scaling_factor must be > 0",
+        ),  # fmt: skip
         (lambda: route(LOGITS, 2, clean_first_choice=True), ValueError, "needs select_noise_TE"),
-        (lambda: route(LOGITS, 2, "switch", norm_topk_prob=False), ValueError, "norm_topk_prob=False"),  # fmt: skip
+        (
+            lambda: route(LOGITS, 2, "switch", norm_topk_prob=False),
+            ValueError,
+            "norm_topk_prob=False",
+        ),  # fmt: skip
     ],
     "assign_slots": [
         (lambda: assign_slots(EXPERT, GATE, 4, 2), ValueError, r"expert ids must be in \[0, 4\)"),
@@ -147,61 +223,147 @@ BAD_INPUTS = {
         (lambda: assign_slots(EXPERT, GATE, 5, 2.0), TypeError, "capacity must be an int"),
         (lambda: assign_slots(EXPERT, GATE, 5, 1.5), TypeError, "capacity must be an int"),
         (lambda: assign_slots(EXPERT, GATE, 5, -1), ValueError, "capacity must be an int >= 0"),
-        (lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=0), ValueError, "group_size must be a positive int"),  # fmt: skip
+        (
+            lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=0),
+            ValueError,
+            "group_size must be a positive int",
+        ),  # fmt: skip
         (lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=-3), ValueError, "group_size"),
-        (lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=4), ValueError, "do not split into groups"),  # fmt: skip
-        (lambda: assign_slots(EXPERT, GATE, 5, 2, "fifo"), ValueError, "policy='fifo' is not one of"),  # fmt: skip
+        (
+            lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=4),
+            ValueError,
+            "do not split into groups",
+        ),  # fmt: skip
+        (
+            lambda: assign_slots(EXPERT, GATE, 5, 2, "fifo"),
+            ValueError,
+            "policy='fifo' is not one of",
+        ),  # fmt: skip
         (lambda: assign_slots(EXPERT.float(), GATE, 5, 2), TypeError, "expert_TK must be int64"),
         (lambda: assign_slots(EXPERT, GATE[:, :1], 5, 2), ValueError, "gate_TK must have shape"),
         (lambda: assign_slots(EXPERT, GATE, 5, 2, "random", generator=0), TypeError, "generator"),
     ],
     "expert_capacity": [
-        (lambda: expert_capacity(8, 4, 1, "deepspeed", math.inf), ValueError, "capacity_factor must be > 0 and finite"),  # fmt: skip
+        (
+            lambda: expert_capacity(8, 4, 1, "deepspeed", math.inf),
+            ValueError,
+            "capacity_factor must be > 0 and finite",
+        ),  # fmt: skip
         (lambda: expert_capacity(8, 4, 1, "deepspeed", 1e39), ValueError, "overflows float32"),
-        (lambda: expert_capacity(8, 4, 1, "deepspeed", 0.0), ValueError, "capacity_factor must be > 0"),  # fmt: skip
+        (
+            lambda: expert_capacity(8, 4, 1, "deepspeed", 0.0),
+            ValueError,
+            "capacity_factor must be > 0",
+        ),  # fmt: skip
         (lambda: expert_capacity(8.0, 4, 1), TypeError, "n_tokens must be an int"),
         (lambda: expert_capacity(-1, 4, 1), ValueError, "n_tokens must be an int >= 0"),
         (lambda: expert_capacity(8, 0, 1), ValueError, "n_experts must be a positive int"),
         (lambda: expert_capacity(8, 4, 5), ValueError, r"top_k must be an int in \[1, 4\]"),
-        (lambda: expert_capacity(8, 4, 1, "deepspeed", 1.0, 2.0), TypeError, "min_capacity must be an int"),  # fmt: skip
-        (lambda: expert_capacity(8, 4, 1, "switch", 1.0, 0, 2.5), TypeError, "fixed_capacity must be an int"),  # fmt: skip
+        (
+            lambda: expert_capacity(8, 4, 1, "deepspeed", 1.0, 2.0),
+            TypeError,
+            "min_capacity must be an int",
+        ),  # fmt: skip
+        (
+            lambda: expert_capacity(8, 4, 1, "switch", 1.0, 0, 2.5),
+            TypeError,
+            "fixed_capacity must be an int",
+        ),  # fmt: skip
         (lambda: expert_capacity(8, 4, 1, "switch"), ValueError, "needs fixed_capacity"),
         (lambda: expert_capacity(8, 4, 1, "floor"), ValueError, "formula='floor' is not one of"),
     ],
     "load_balancing_loss": [
-        (lambda: load_balancing_loss(PROBS, EXPERT + 1), ValueError, r"expert ids must be in \[0, 5\)"),  # fmt: skip
+        (
+            lambda: load_balancing_loss(PROBS, EXPERT + 1),
+            ValueError,
+            r"expert ids must be in \[0, 5\)",
+        ),  # fmt: skip
         (lambda: load_balancing_loss(PROBS, EXPERT - 1), ValueError, "expert ids must be in"),
         (lambda: load_balancing_loss(PROBS[:5], EXPERT), ValueError, "must agree on T"),
-        (lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(5, dtype=torch.bool)), ValueError, r"mask_T must have shape \(6,\)"),  # fmt: skip
-        (lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(6)), TypeError, "mask_T must be a bool"),  # fmt: skip
+        (
+            lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(5, dtype=torch.bool)),
+            ValueError,
+            r"mask_T must have shape \(6,\)",
+        ),  # fmt: skip
+        (
+            lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(6)),
+            TypeError,
+            "mask_T must be a bool",
+        ),  # fmt: skip
         (lambda: load_balancing_loss(PROBS, EXPERT.float()), TypeError, "expert_TK must be int64"),
         (lambda: load_balancing_loss(PROBS[0], EXPERT), ValueError, "probs_TE must be 2-D"),
-        (lambda: load_balancing_loss(PROBS, EXPERT, group_size=4), ValueError, "do not split into groups"),  # fmt: skip
+        (
+            lambda: load_balancing_loss(PROBS, EXPERT, group_size=4),
+            ValueError,
+            "do not split into groups",
+        ),  # fmt: skip
         (lambda: load_balancing_loss(PROBS, EXPERT, group_size=0), ValueError, "group_size"),
     ],
     "mixtral_load_balancing_loss": [
-        (lambda: mixtral_load_balancing_loss(PROBS, EXPERT + 1), ValueError, "expert ids must be in"),  # fmt: skip
-        (lambda: mixtral_load_balancing_loss(PROBS, EXPERT - 1), ValueError, "expert ids must be in"),  # fmt: skip
+        (
+            lambda: mixtral_load_balancing_loss(PROBS, EXPERT + 1),
+            ValueError,
+            "expert ids must be in",
+        ),  # fmt: skip
+        (
+            lambda: mixtral_load_balancing_loss(PROBS, EXPERT - 1),
+            ValueError,
+            "expert ids must be in",
+        ),  # fmt: skip
         (lambda: mixtral_load_balancing_loss(PROBS[:4], EXPERT), ValueError, "must agree on T"),
-        (lambda: mixtral_load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(7, dtype=torch.bool)), ValueError, "mask_T must have shape"),  # fmt: skip
-        (lambda: mixtral_load_balancing_loss(PROBS.long(), EXPERT), TypeError, "probs_TE must be a floating"),  # fmt: skip
+        (
+            lambda: mixtral_load_balancing_loss(
+                PROBS, EXPERT, mask_T=torch.ones(7, dtype=torch.bool)
+            ),
+            ValueError,
+            "mask_T must have shape",
+        ),  # fmt: skip
+        (
+            lambda: mixtral_load_balancing_loss(PROBS.long(), EXPERT),
+            TypeError,
+            "probs_TE must be a floating",
+        ),  # fmt: skip
     ],
     "z_loss": [
         (lambda: z_loss(LOGITS[0]), ValueError, "logits_TE must be 2-D"),
         (lambda: z_loss(LOGITS.long()), TypeError, "logits_TE must be a floating"),
-        (lambda: z_loss(LOGITS, mask_T=torch.ones(2, dtype=torch.bool)), ValueError, "mask_T must have shape"),  # fmt: skip
+        (
+            lambda: z_loss(LOGITS, mask_T=torch.ones(2, dtype=torch.bool)),
+            ValueError,
+            "mask_T must have shape",
+        ),  # fmt: skip
     ],
     "routing_stats": [
         (lambda: routing_stats(EXPERT, 4), ValueError, "expert ids must be in"),
         (lambda: routing_stats(EXPERT, 0), ValueError, "n_experts must be a positive int"),
         (lambda: routing_stats(EXPERT.float(), 5), TypeError, "expert_TK must be int64"),
-        (lambda: routing_stats(EXPERT, 5, keep_TK=torch.ones(6, 1, dtype=torch.bool)), ValueError, "keep_TK must have shape"),  # fmt: skip
-        (lambda: routing_stats(EXPERT, 5, probs_TE=PROBS[:, :4]), ValueError, "probs_TE must have shape"),  # fmt: skip
+        (
+            lambda: routing_stats(EXPERT, 5, keep_TK=torch.ones(6, 1, dtype=torch.bool)),
+            ValueError,
+            "keep_TK must have shape",
+        ),  # fmt: skip
+        (
+            lambda: routing_stats(EXPERT, 5, probs_TE=PROBS[:, :4]),
+            ValueError,
+            "probs_TE must have shape",
+        ),  # fmt: skip
     ],
     "renormalize_survivors": [
-        (lambda: renormalize_survivors(GATE, torch.ones(6, 3, dtype=torch.bool)), ValueError, "keep_TK must have shape"),  # fmt: skip
-        (lambda: renormalize_survivors(GATE, torch.ones(6, 2)), TypeError, "keep_TK must be a bool"),  # fmt: skip
-        (lambda: renormalize_survivors(GATE.long(), GATE > 0), TypeError, "gate_TK must be a floating"),  # fmt: skip
+        (
+            lambda: renormalize_survivors(GATE, torch.ones(6, 3, dtype=torch.bool)),
+            ValueError,
+            "keep_TK must have shape",
+        ),  # fmt: skip
+        (
+            lambda: renormalize_survivors(GATE, torch.ones(6, 2)),
+            TypeError,
+            "keep_TK must be a bool",
+        ),  # fmt: skip
+        (
+            lambda: renormalize_survivors(GATE.long(), GATE > 0),
+            TypeError,
+            "gate_TK must be a floating",
+        ),  # fmt: skip
     ],
     "random_second_expert": [
         (lambda: random_second_expert(GATE), ValueError, "prob2_T must be 1-D"),
@@ -209,12 +371,36 @@ BAD_INPUTS = {
         (lambda: random_second_expert(GATE[:, 1], generator=1), TypeError, "generator"),
     ],
     "dispatch_combine_tensors": [
-        (lambda: dispatch_combine_tensors(EXPERT, GATE, None, 4), ValueError, "expert ids must be in"),  # fmt: skip
-        (lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 1.5), TypeError, "capacity must be an int"),  # fmt: skip
-        (lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, -1), ValueError, "capacity must be an int >= 0"),  # fmt: skip
-        (lambda: dispatch_combine_tensors(EXPERT, GATE[:, :1], None, 5), ValueError, "gate_TK must have shape"),  # fmt: skip
-        (lambda: dispatch_combine_tensors(EXPERT, GATE, torch.ones(6, 2), 5), TypeError, "keep_TK must be a bool"),  # fmt: skip
-        (lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 2, position_TK=EXPERT[:, :1]), ValueError, "position_TK must have shape"),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE, None, 4),
+            ValueError,
+            "expert ids must be in",
+        ),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 1.5),
+            TypeError,
+            "capacity must be an int",
+        ),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, -1),
+            ValueError,
+            "capacity must be an int >= 0",
+        ),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE[:, :1], None, 5),
+            ValueError,
+            "gate_TK must have shape",
+        ),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE, torch.ones(6, 2), 5),
+            TypeError,
+            "keep_TK must be a bool",
+        ),  # fmt: skip
+        (
+            lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 2, position_TK=EXPERT[:, :1]),
+            ValueError,
+            "position_TK must have shape",
+        ),  # fmt: skip
     ],
     "sort_slots": [
         (lambda: sort_slots(EXPERT, None, 4), ValueError, "expert ids must be in"),
@@ -228,7 +414,11 @@ BAD_INPUTS = {
         (lambda: Router(8, 4, jitter_eps=-0.1), ValueError, "jitter_eps must be in"),
         (lambda: Router(8, 4, jitter_scope="all"), ValueError, "jitter_scope='all'"),
         (lambda: Router(8, 4)(torch.randn(3, 7)), ValueError, "x_TD must have shape"),
-        (lambda: Router(8, 4)(torch.ones(3, 8, dtype=torch.long)), TypeError, "x_TD must be a floating"),  # fmt: skip
+        (
+            lambda: Router(8, 4)(torch.ones(3, 8, dtype=torch.long)),
+            TypeError,
+            "x_TD must be a floating",
+        ),  # fmt: skip
     ],
     "Experts": [
         (lambda: Experts(4, 8, 16, "tanh"), ValueError, "activation='tanh'"),
@@ -237,25 +427,76 @@ BAD_INPUTS = {
     ],
     "MoELayer": [
         (lambda: MoELayer(BASE), TypeError, "cfg must be a MoEConfig"),
-        (lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 7)), ValueError, "must end in d_model=8"),  # fmt: skip
-        (lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 8).double()), TypeError, "layer is torch.float32"),  # fmt: skip
-        (lambda: MoELayer(MoEConfig(**BASE, group_size=4))(torch.randn(6, 8)), ValueError, "do not split into groups"),  # fmt: skip
+        (
+            lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 7)),
+            ValueError,
+            "must end in d_model=8",
+        ),  # fmt: skip
+        (
+            lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 8).double()),
+            TypeError,
+            "layer is torch.float32",
+        ),  # fmt: skip
+        (
+            lambda: MoELayer(MoEConfig(**BASE, group_size=4))(torch.randn(6, 8)),
+            ValueError,
+            "do not split into groups",
+        ),  # fmt: skip
     ],
     "moe_cost": [
         (lambda: moe_cost("magic", T=4, D=8, F=8, E=4, K=2), ValueError, "impl='magic'"),
         (lambda: moe_cost("loop", T=4.0, D=8, F=8, E=4, K=2), TypeError, "T must be an int"),
-        (lambda: moe_cost("loop", T=4, D=8, F=8, E=4, K=2, activation="tanh"), ValueError, "activation"),  # fmt: skip
-        (lambda: moe_cost("einsum", T=4, D=8, F=8, E=4, K=2, capacity=2.5), TypeError, "capacity must be an int"),  # fmt: skip
+        (
+            lambda: moe_cost("loop", T=4, D=8, F=8, E=4, K=2, activation="tanh"),
+            ValueError,
+            "activation",
+        ),  # fmt: skip
+        (
+            lambda: moe_cost("einsum", T=4, D=8, F=8, E=4, K=2, capacity=2.5),
+            TypeError,
+            "capacity must be an int",
+        ),  # fmt: skip
     ],
     "count_moe_params": [
         (lambda: count_moe_params(BASE), TypeError, "cfg must be a MoEConfig"),
     ],
     "count_decoder_params": [
-        (lambda: count_decoder_params(vocab_size=10, hidden_size=8.0, n_layers=1, n_heads=2, n_kv_heads=1, intermediate_size=8, n_experts=4, top_k=2), TypeError, "hidden_size must be an int"),  # fmt: skip
-        (lambda: count_decoder_params(vocab_size=10, hidden_size=8, n_layers=1, n_heads=2, n_kv_heads=1, intermediate_size=8, n_experts=4, top_k=2, activation="tanh"), ValueError, "activation"),  # fmt: skip
+        (
+            lambda: count_decoder_params(
+                vocab_size=10,
+                hidden_size=8.0,
+                n_layers=1,
+                n_heads=2,
+                n_kv_heads=1,
+                intermediate_size=8,
+                n_experts=4,
+                top_k=2,
+            ),
+            TypeError,
+            "hidden_size must be an int",
+        ),  # fmt: skip
+        (
+            lambda: count_decoder_params(
+                vocab_size=10,
+                hidden_size=8,
+                n_layers=1,
+                n_heads=2,
+                n_kv_heads=1,
+                intermediate_size=8,
+                n_experts=4,
+                top_k=2,
+                activation="tanh",
+            ),
+            ValueError,
+            "activation",
+        ),  # fmt: skip
     ],
     "ffn": [
-        (lambda: ffn(X, PARAMS.w1_EFD[0], PARAMS.w2_EDF[0], None, "tanh"), ValueError, "activation='tanh'"),  # fmt: skip
+        (
+            lambda: ffn(X, PARAMS.w1_EFD[0], PARAMS.w2_EDF[0], None, "tanh"),
+            ValueError,
+            "activation='tanh'",
+        ),  # fmt: skip
     ],
     "expert_ffn": [
         (lambda: expert_ffn(X, PARAMS, 5), ValueError, r"expert e must be an int in \[0, 4\]"),
@@ -276,9 +517,7 @@ NO_ARGUMENTS = {"ExpertParams", "ExpertsFn", "MoECost", "MoEResult", "Routing", 
 NO_BAD_INPUT = {"grouped_mm_path"}
 
 
-@pytest.mark.parametrize(
-    "entry,i,call,error,message", ROWS, ids=[f"{r[0]}-{r[1]}" for r in ROWS]
-)
+@pytest.mark.parametrize("entry,i,call,error,message", ROWS, ids=[f"{r[0]}-{r[1]}" for r in ROWS])
 def test_bad_input(entry, i, call, error, message) -> None:
     with pytest.raises(error, match=message):
         call()
