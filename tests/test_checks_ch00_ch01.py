@@ -515,3 +515,28 @@ def test_check_cells_match_the_check_functions() -> None:
 
     exercises = (ch00.WARMUP, ch01.FFN, ch01.LOOP, ch01_params.PARAMS, ch01_toy.TOY)
     assert_check_cells_match(["00_start_here.ipynb", "01_dense_to_experts.ipynb"], exercises)
+
+
+def test_toy_fix_refuses_the_toys_own_forward() -> None:
+    fails_with(check_toy_fix, ToyMoE.forward, "Exercise 01.4", "library's own `ToyMoE.forward`")
+
+
+def test_the_library_watch_leaves_a_profiler_it_did_not_set() -> None:
+    """The watch for calls into the library never replaces nor removes another profiler (one the
+    answer set stays visible to whoever looks for it afterwards)."""
+    import sys
+
+    def profiler(frame, event, arg):
+        return None
+
+    def answer(x, w1, w2, w3, a):
+        sys.setprofile(profiler)
+        return _ffn()(x, w1, w2, w3, a)
+
+    try:
+        check_ffn(answer)
+        assert sys.getprofile() is profiler
+    finally:
+        sys.setprofile(None)
+    check_ffn(_ffn())
+    assert sys.getprofile() is None

@@ -368,6 +368,8 @@ def _gather_body(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, n_slots,
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(D_in, BLOCK_SIZE_K)):
         k_mask = offs_k < D_in - k * BLOCK_SIZE_K
+        if MISTAKE == "k_le":  # one past the edge
+            k_mask = offs_k <= D_in - k * BLOCK_SIZE_K
         a_mask = row_mask[:, None] & k_mask[None, :]
         if MISTAKE == "no_row_mask":
             a_mask = k_mask[None, :]
@@ -441,6 +443,22 @@ def gather_expert_contiguous(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_p
     _gather_body(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, n_slots, top_k, D_in,
                  D_out, sxt, sxd, swe, swo, swi, sos, soo, BLOCK_SIZE_M, BLOCK_SIZE_N,
                  BLOCK_SIZE_K, "expert_contiguous")  # fmt: skip
+
+
+@triton.jit
+def gather_k_le(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, n_slots, top_k, D_in, D_out,
+           sxt, sxd, swe, swo, swi, sos, soo, BLOCK_SIZE_M: tl.constexpr,
+           BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr):  # fmt: skip
+    _gather_body(x_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, n_slots, top_k, D_in,
+                 D_out, sxt, sxd, swe, swo, swi, sos, soo, BLOCK_SIZE_M, BLOCK_SIZE_N,
+                 BLOCK_SIZE_K, "k_le")  # fmt: skip
+
+
+def test_gather_gemm_k_mask_one_past_the_edge() -> None:
+    message = fails_with(
+        check_gather_gemm, gather_k_le, "Exercise 06.3", "D_in=20", "one past the edge", "not <="
+    )
+    assert "strides passed in" not in message
 
 
 def test_gather_gemm_passes(capsys) -> None:

@@ -115,6 +115,11 @@ class Exercise:
             raise self.fail(f"returned None on {case}: did you forget the `return`?")
         if not isinstance(out, torch.Tensor):
             raise self.fail(f"returned a {type(out).__name__} on {case}, expected a torch.Tensor")
+        if type(out) is not torch.Tensor:  # a subclass can fake the comparisons
+            raise self.fail(
+                f"returned a {type(out).__name__} (a torch.Tensor subclass) on {case}, "
+                "expected a plain torch.Tensor"
+            )
         if tuple(out.shape) != tuple(shape):
             raise self.fail(f"returned shape {tuple(out.shape)} on {case}, expected {tuple(shape)}")
         if out.dtype != dtype:
@@ -176,7 +181,7 @@ def describe(obj: Any) -> str:
     fn = _unwrap(obj)
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    return f"`{name.split('.')[-1] if '<' not in name else name}` ({module}.{name})"
+    return f"`{name}` ({module}.{name})"
 
 
 def library_name(obj: Any, library: Sequence[Any] = ()) -> str | None:
@@ -199,8 +204,9 @@ def library_name(obj: Any, library: Sequence[Any] = ()) -> str | None:
 def library_calls(library: Sequence[Any]) -> Iterator[list]:
     """Record which of the `library` functions run while the block runs (their code objects).
 
-    It uses `sys.setprofile`, put back afterwards; where another profiler is active it records
-    nothing rather than replace it.
+    It uses `sys.setprofile`, removed afterwards (unless the block set a profiler of its own,
+    which is left for others to see); where another profiler is active it records nothing rather
+    than replace it.
     """
     called: list = []
     codes = frozenset(c for c in map(_code, library) if c is not None)
@@ -216,7 +222,8 @@ def library_calls(library: Sequence[Any]) -> Iterator[list]:
     try:
         yield called
     finally:
-        sys.setprofile(None)
+        if sys.getprofile() is profile:
+            sys.setprofile(None)
 
 
 def diagnose(

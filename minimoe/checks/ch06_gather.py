@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from minimoe.checks._common import Exercise, make_generator, make_routing
-from minimoe.checks.ch06 import _cdiv, _describe, _mismatch, tolerance
+from minimoe.checks.ch06 import _cdiv, _describe, _mismatch, one_past, tolerance
 from minimoe.checks.ch06_memory import (
     POISON,
     Outcome,
@@ -209,6 +209,13 @@ def _diagnose(got: Outcome, expected, run, kernel, case, sizes) -> None:
         if got.same_as(run(right, flags), atol, rtol):
             what = f" ({_describe(bad, shapes)})" if bad else ""
             raise ex.fail(f"on {case}{what}. Likely mistake: {hint}")
+    edges = one_past(bad, shapes)
+    if edges and edges <= {("x_ptr", 1), ("w_ptr", 2)}:
+        raise ex.fail(
+            f"on {case} ({_describe(bad, shapes)}): one past the edge. Columns run 0 .. D_in - 1, "
+            "so a k mask written with <= lets one column too many through: "
+            "k_mask = offs_k < D_in - k * BLOCK_SIZE_K (<, not <=)"
+        )
     x_rows = [a for a in bad if a.arg == "x_ptr" and a.kind == "load" and a.index[0] >= T]
     x_cols = [a for a in bad if a.arg == "x_ptr" and a.kind == "load" and a.index[1] >= D_in]
     experts = [a for a in bad if a.arg == "w_ptr" and not 0 <= a.index[0] < E]
@@ -225,12 +232,6 @@ def _diagnose(got: Outcome, expected, run, kernel, case, sizes) -> None:
             f"on {case} ({_describe(w_bad, shapes)}): compute the weight addresses with the "
             "strides passed in, w_ptr + expert * stride_we + n * stride_wo + k * stride_wi; the "
             "check's w is a view with padded rows, so an expert is not D_out * D_in elements long"
-        )
-    if x_cols and {a.index[1] for a in x_cols} == {D_in}:
-        raise ex.fail(
-            f"on {case} ({_describe(x_cols, shapes)}): one past the edge. Columns run 0 .. "
-            "D_in - 1, so a k mask written with <= lets one column too many through: "
-            "k_mask = offs_k < D_in - k * BLOCK_SIZE_K (<, not <=)"
         )
     if x_cols:
         raise ex.fail(
