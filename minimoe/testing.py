@@ -15,10 +15,16 @@ def max_diff(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float
     return float(abs_diff.max()), float(rel_diff.max())
 
 
+def is_plain_tensor(x) -> bool:
+    """A torch.Tensor itself (or an nn.Parameter), not a subclass: a subclass can override the
+    very operations a comparison relies on (`.all()`, `__bool__`, `__torch_function__`)."""
+    return type(x) in (torch.Tensor, torch.nn.Parameter)
+
+
 def is_close(actual, expected: torch.Tensor, atol: float = 1e-6, rtol: float = 1e-5) -> bool:
-    """The yes/no form of `assert_close`: a tensor of the same shape, every element within
+    """The yes/no form of `assert_close`: a plain tensor of the same shape, every element within
     atol + rtol * |expected|, and no NaN in `actual`."""
-    if not isinstance(actual, torch.Tensor) or tuple(actual.shape) != tuple(expected.shape):
+    if not is_plain_tensor(actual) or tuple(actual.shape) != tuple(expected.shape):
         return False
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     if a.numel() == 0:
@@ -41,6 +47,10 @@ def assert_close(
     """
     if not isinstance(actual, torch.Tensor):
         raise AssertionError(f"{name}: expected a torch.Tensor, got {type(actual).__name__}")
+    if not is_plain_tensor(actual):
+        raise AssertionError(
+            f"{name}: a {type(actual).__name__} (a torch.Tensor subclass), expected a plain tensor"
+        )
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(
             f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"

@@ -53,10 +53,14 @@ _hooks: dict[str, Any] = {}
 _root: Path | None = None
 _before: dict[str, Any] = {}
 _UNBOUND = object()
+_seen: list[str] = []  # tampering found by the wrappers while the current check runs
 
 
-class CheckTampered(Exception):
-    """A check could not be trusted: something it relies on was replaced or hooked."""
+class CheckTampered(BaseException):
+    """A check could not be trusted: something it relies on was replaced or hooked.
+
+    A BaseException, so that a check's `except Exception` (which reports a learner's crash)
+    lets it through; `run_check` also remembers it in case something swallows it anyway."""
 
 
 def evidence(nonce: str, exercise: str) -> str:
@@ -274,10 +278,11 @@ def _plain(value: Any, exercise: str) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor) and type(value) not in (torch.Tensor, torch.nn.Parameter):
-        raise CheckTampered(
+        _seen.append(
             f"check tampered with: the answer returned a {type(value).__name__}, a torch.Tensor "
             "subclass; an answer must return plain tensors"
         )
+        raise CheckTampered(_seen[-1])
     if isinstance(value, (tuple, list)):
         for item in value:
             _plain(item, exercise)
@@ -325,11 +330,14 @@ def run_check(exercise: str, nonce: str, source: str, names: list[str], namespac
         if isinstance(value, types.FunctionType):
             namespace[name] = _guarded(value, exercise)
     start = fingerprint()
+    _seen.clear()
     try:
         exec(compile(source, f"<check {exercise}>", "exec"), namespace)
     except CheckTampered:
         raise
     except BaseException as error:
+        if _seen:
+            raise CheckTampered(_seen[0]) from None
         changed = _changed(start, fingerprint())
         if changed:
             raise CheckTampered(
@@ -344,6 +352,8 @@ def run_check(exercise: str, nonce: str, source: str, names: list[str], namespac
         namespace.update(saved)
     changed = _changed(start, fingerprint())
     found = problems()
+    if _seen:
+        raise CheckTampered(_seen[0])
     if changed or found:
         what = "; ".join(
             [f"{', '.join(changed[:3])} changed while the check ran"] if changed else []
