@@ -539,3 +539,25 @@ def test_check_cells_match_the_check_functions() -> None:
         (ch06.SCALED_ADD, ch06.TILE, ch06_gather.GATHER),
         "from minimoe.checks.ch06",
     )
+
+
+def test_guard_stores_and_one_past_without_the_bounds_check() -> None:
+    """Where the interpreter's bounds check is missing (a GPU), the stores into an output's guard
+    are read back as accesses: one element past the end is 'one past the edge', more is not."""
+    from minimoe.checks.ch06 import guard_stores, one_past
+    from minimoe.checks.ch06_memory import backing
+
+    out = poisoned((5,), torch.empty(0))
+    assert guard_stores(out, "out_ptr") == []
+    backing(out)[out.storage_offset() + 5] = 1.0  # out[5], one past the end
+    bad = guard_stores(out, "out_ptr")
+    assert [(a.kind, a.arg, a.index) for a in bad] == [("store", "out_ptr", (5,))]
+    assert one_past(bad, {"out_ptr": (5,)}) == {("out_ptr", 0)}
+    backing(out)[out.storage_offset() + 6] = 1.0  # and out[6]: a missing mask, not <=
+    assert one_past(guard_stores(out, "out_ptr"), {"out_ptr": (5,)}) == set()
+
+    c = poisoned((3, 4), torch.empty(0))
+    backing(c)[c.storage_offset() + 3 * c.stride(0)] = 0.0  # row 3 of a 3-row C
+    bad = guard_stores(c, "c_ptr")
+    assert [a.index for a in bad] == [(3, 0)]
+    assert one_past(bad, {"c_ptr": (3, 4)}) == {("c_ptr", 0)}
