@@ -197,3 +197,47 @@ def test_prepare_only_from_the_command_line(tmp_path):
     assert "copied" in done.stdout and "jupyterlab" in done.stdout
     assert (ws / lab.FIRST_PAGE).exists() and (ws / "exercises").is_dir()
     assert check_clean([ROOT / "notebooks", ROOT / "exercises", ROOT / "solutions"]) == []
+
+
+@pytest.mark.slow
+def test_the_command_prints_a_working_url_and_stops_its_server(tmp_path):
+    """The real command: it prints chapter 00's URL with the token, the server answers there, and
+    stopping the command stops the server (no JupyterLab is left running)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.txt"
+    with open(out, "w") as stdout, open(tmp_path / "log.txt", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minimoe", "lab", "--no-browser", f"--port={port}",
+             "--workspace", str(tmp_path / "ws")],
+            cwd=ROOT, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+        try:
+            url = None
+            for _ in range(240):
+                url = next((w for w in out.read_text().split() if "token=" in w), None)
+                if url or proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+            assert url, (tmp_path / "log.txt").read_text()[-2000:]
+            assert url.startswith(f"http://localhost:{port}/lab/tree/{lab.FIRST_PAGE}?token=")
+            token = url.split("token=")[1]
+            page = urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/api/contents/{lab.FIRST_PAGE}?token={token}", timeout=10
+            )
+            assert json.load(page)["type"] == "notebook"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for _ in range(60):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=1)
+        except OSError:
+            return
+        time.sleep(0.5)
+    pytest.fail("the server kept running after the command stopped")

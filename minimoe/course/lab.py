@@ -441,9 +441,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     print(f"starting JupyterLab on {workspace} (your work is saved there, never in the course)")
     proc = subprocess.Popen(srv.command, env=srv.env)
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if not wait_until_up(proc, srv.status_url):
-            proc.terminate()
             print("JupyterLab did not start; its messages are above.", file=sys.stderr)
             return 1
         print("\n    The course, chapter 00:\n")
@@ -452,10 +452,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.no_browser and _has_display():
             webbrowser.open(srv.url)
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:  # Ctrl+C: no "shut down? (y/n)" question, the server just stops
+        return 0
+    finally:
+        stop(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop the server (and with it its kernels); killed if it takes longer than `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            return proc.wait(timeout=10) and 0
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            return 0
+            proc.kill()
+            proc.wait()
