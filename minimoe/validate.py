@@ -129,6 +129,16 @@ def check_mask(name: str, t, shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
+def check_device(name: str, device) -> torch.device:
+    """A torch.device from a device or its name ("cpu", "cuda:0")."""
+    if not isinstance(device, (torch.device, str)):
+        raise TypeError(f"{name} must be a torch.device or a string, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name}={device!r} is not a device name such as 'cpu' or 'cuda'") from err
+
+
 def check_expert_ids(expert_TK: torch.Tensor, n_experts: int, name: str = "expert_TK") -> None:
     """Every id in [0, n_experts): the one value check, one reduction and one device sync."""
     if expert_TK.numel():

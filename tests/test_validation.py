@@ -108,7 +108,91 @@ def _triton_rows():
         import minimoe.triton as mt
     except ImportError:  # pragma: no cover
         return {}
-    return {"triton_moe": experts_rows(mt.triton_moe), "fused_experts_v3": experts_rows(mt.fused_experts_v3)}  # fmt: skip
+    W = PARAMS.w1_EFD
+    return {
+        "triton_moe": experts_rows(mt.triton_moe),
+        "fused_experts_v3": experts_rows(mt.fused_experts_v3)
+        + [
+            (
+                lambda: mt.fused_experts_v3(X, EXPERT, GATE, PARAMS, out=torch.empty(6, 7)),
+                ValueError,
+                "out must be",
+            )
+        ],  # fmt: skip
+        "grouped_gemm_v2": [
+            (lambda: mt.grouped_gemm_v2(X, W, EXPERT + 1), ValueError, "expert ids must be in"),
+            (lambda: mt.grouped_gemm_v2(X[:, :7], W, EXPERT), ValueError, "need x"),
+            (
+                lambda: mt.grouped_gemm_v2(X, W, EXPERT.float()),
+                TypeError,
+                "expert_TK must be int64",
+            ),  # fmt: skip
+            (
+                lambda: mt.grouped_gemm_v2(X, W, EXPERT, config=(16, 16)),
+                TypeError,
+                "KernelConfig",
+            ),  # fmt: skip
+            (
+                lambda: mt.grouped_gemm_v2(X.double(), W.double(), EXPERT),
+                TypeError,
+                "float32 or float16",
+            ),  # fmt: skip
+        ],
+        "matmul_v1": [
+            (lambda: mt.matmul_v1(X, X), ValueError, r"\(M, K\) @ \(K, N\)"),
+            (lambda: mt.matmul_v1(X, X.t().double()), TypeError, "a and b differ"),
+            (lambda: mt.matmul_v1(X, X.t(), block_m=24), ValueError, "power of two"),
+        ],
+        "align_block_size": [
+            (
+                lambda: mt.align_block_size(EXPERT, None, 4, 16),
+                ValueError,
+                "expert ids must be in",
+            ),  # fmt: skip
+            (
+                lambda: mt.align_block_size(EXPERT, None, 5, 0),
+                ValueError,
+                "block_m must be a positive int",
+            ),  # fmt: skip
+            (
+                lambda: mt.align_block_size(EXPERT, None, 5.0, 16),
+                TypeError,
+                "n_experts must be an int",
+            ),  # fmt: skip
+            (
+                lambda: mt.align_block_size(EXPERT.float(), None, 5, 16),
+                TypeError,
+                "expert_TK must be int",
+            ),  # fmt: skip
+            (
+                lambda: mt.align_block_size(EXPERT, torch.ones(6, 2), 5, 16),
+                TypeError,
+                "keep_TK must be a bool",
+            ),  # fmt: skip
+        ],
+        "KernelConfig": [
+            (lambda: mt.KernelConfig(block_m=24), ValueError, "block_m must be a power of two"),
+            (lambda: mt.KernelConfig(num_warps=3), ValueError, "num_warps"),
+            (lambda: mt.KernelConfig(group_size_m=0), ValueError, "group_size_m"),
+        ],
+        "default_config": [
+            (lambda: mt.default_config("gpu0"), ValueError, "device='gpu0' is not a device"),
+            (lambda: mt.default_config(0.5), TypeError, "device must be a torch.device"),
+        ],
+        "tuned_config": [
+            (
+                lambda: mt.tuned_config(8, 16, 16, 0, 1, "cuda"),
+                ValueError,
+                "E must be a positive int",
+            ),  # fmt: skip
+            (
+                lambda: mt.tuned_config(8, 16, 16, 4, 5, "cuda"),
+                ValueError,
+                r"K must be an int in \[1, 4\]",
+            ),  # fmt: skip
+            (lambda: mt.tuned_config(8.0, 16, 16, 4, 2, "cpu"), TypeError, "T must be an int"),
+        ],
+    }
 
 
 BAD_INPUTS = {
@@ -526,6 +610,10 @@ def test_bad_input(entry, i, call, error, message) -> None:
 def test_every_public_entry_is_tried() -> None:
     untried = set(minimoe.__all__) - set(BAD_INPUTS) - NO_ARGUMENTS - NO_BAD_INPUT
     assert not untried, f"public entries with no bad input tried: {sorted(untried)}"
+    mt = pytest.importorskip("minimoe.triton")
+    # TRITON_NEEDS is a message, AlignedSlots a result type, available_configs takes nothing
+    untried = set(mt.__all__) - set(BAD_INPUTS) - {"TRITON_NEEDS", "AlignedSlots", "available_configs"}  # fmt: skip
+    assert not untried, f"minimoe.triton entries with no bad input tried: {sorted(untried)}"
 
 
 def bad_input_counts() -> dict[str, int]:

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import torch
 
+from minimoe.validate import check_expert_ids, check_index_tensor, check_int, check_mask
+
 
 class AlignedSlots(NamedTuple):
     """The index lists of a grouped GEMM (see the module docstring).
@@ -139,18 +141,14 @@ def align_block_size(
         `AlignedSlots(sorted_ids, expert_ids, n_padded)`: sorted_ids int32 (n_padded,) with the
         sentinel T*K in the padding; expert_ids int32 (n_padded / block_m,); n_padded an int.
     """
-    if expert_TK.dim() != 2:
-        raise ValueError(f"expert_TK must have shape (T, K), got {tuple(expert_TK.shape)}")
+    check_index_tensor("expert_TK", expert_TK, dim=2)
     if expert_TK.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"expert_TK must be int32 or int64, got {expert_TK.dtype}")
-    if keep_TK is not None and (keep_TK.shape != expert_TK.shape or keep_TK.dtype != torch.bool):
-        raise ValueError("keep_TK must be a bool tensor with the shape of expert_TK")
-    if not isinstance(n_experts, int) or n_experts < 1:
-        raise ValueError(f"n_experts must be a positive int, got {n_experts!r}")
-    if not isinstance(block_m, int) or block_m < 1:
-        raise ValueError(f"block_m must be a positive int, got {block_m!r}")
-    if expert_TK.numel() and (int(expert_TK.min()) < 0 or int(expert_TK.max()) >= n_experts):
-        raise ValueError(f"expert ids must be in [0, {n_experts})")
+    if keep_TK is not None:
+        check_mask("keep_TK", keep_TK, tuple(expert_TK.shape))
+    check_int("n_experts", n_experts, low=1)
+    check_int("block_m", block_m, low=1)
+    check_expert_ids(expert_TK, n_experts)
     layout = align_slots(expert_TK, keep_TK, n_experts, block_m)
     n = int(layout.n_padded)
     return AlignedSlots(layout.sorted_ids[:n], layout.expert_ids[: n // block_m], n)

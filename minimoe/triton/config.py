@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minimoe.validate import check_device, check_int
+
 
 def _power_of_two(n: int) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and n & (n - 1) == 0
@@ -88,7 +90,7 @@ def available_configs() -> dict[str, KernelConfig]:
 
 def default_config(device: torch.device | str) -> KernelConfig:
     """`DEFAULT` on a GPU, `INTERPRETER` (small tiles) on the CPU."""
-    return INTERPRETER if torch.device(device).type == "cpu" else DEFAULT
+    return INTERPRETER if check_device("device", device).type == "cpu" else DEFAULT
 
 
 def tuned_config(
@@ -99,7 +101,10 @@ def tuned_config(
     Shapes in `TUNED` use their table; other shapes the same rule by rows per expert
     (<= 16: DECODE, <= 512: MEDIUM, else PREFILL).
     """
-    if torch.device(device).type == "cpu":
+    T, D, F = check_int("T", T, low=0), check_int("D", D, low=1), check_int("F", F, low=1)
+    E = check_int("E", E, low=1)
+    check_int("K", K, low=1, high=E)
+    if check_device("device", device).type == "cpu":
         return INTERPRETER
     rows = T * K / E
     table = TUNED.get((D, F, E, K), [(16, DECODE), (512, MEDIUM), (float("inf"), PREFILL)])
