@@ -28,7 +28,7 @@ from minimoe.testing import assert_close
 
 DROP_RATE = Exercise("03.3", "the drop rate", library=(routing_stats,))
 DROPPED_OUTPUT = Exercise(
-    "03.4", "the output of a dropped token", library=(renormalize_survivors, MoELayer), weights=True
+    "03.4", "the output of a dropped token", library=(renormalize_survivors, MoELayer)
 )
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 answers against a float64 reference
