@@ -268,3 +268,81 @@ def test_runner_works_in_the_notebooks_folder_with_this_minimoe(tmp_path):
     assert runs[0].stdout.splitlines() == [str(tmp_path), minimoe.__file__]
     assert [r.status for r in runs] == ["ok", "skipped", "died", "ok"]
     assert runs[3].stdout == "after\n"
+
+
+def test_submissions_are_decoded_by_their_byte_order_mark_or_refused_with_a_reason():
+    text = nbformat.writes(solution())
+    for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"):
+        data = text.encode(encoding)
+        if encoding == "utf-16-be":
+            data = b"\xfe\xff" + data
+        nb = g.load_submission(data)
+        assert [c.source for c in nb.cells] == [c.source for c in solution().cells], encoding
+    for data, reason in (
+        (b"PK\x03\x04rest", "a zip archive, not a notebook"),
+        (text[:100].encode(), "not valid JSON (line"),
+        ("café".encode("latin-1"), "not UTF-8 text"),
+        (b"[1, 2]", "not a notebook (the JSON is not an object)"),
+        (b'{"cells": 3}', "not a notebook (no list of cells)"),
+    ):
+        with pytest.raises(g.SubmissionError) as err:
+            g.load_submission(data)
+        assert str(err.value).startswith(reason), str(err.value)
+
+
+def test_null_and_odd_metadata_read_as_absent():
+    raw = json.loads(nbformat.writes(solution()))
+    raw["cells"][3]["metadata"] = {"tags": None, "minimoe": {"exercise": "98.1"}}
+    raw["cells"][4]["metadata"] = None
+    raw["cells"][5]["metadata"] = {"tags": [None, 7, "answer"], "minimoe": "junk"}
+    raw["cells"].append("not a cell")
+    raw["metadata"] = {"minimoe": {"chapter": ["junk"]}, "kernelspec": None}
+    nb = g.load_submission(json.dumps(raw).encode())
+    assert len(nb.cells) == len(solution().cells)
+    assert not has_tag(nb.cells[3], "answer") and not has_tag(nb.cells[4], "check")
+    assert has_tag(nb.cells[5], "answer") and nb.cells[5].metadata["minimoe"] == {}
+    assert g.chapter_of(Path("alice_98_x.ipynb"), nb) == "98"
+    graded = g.graded_notebook(nb, solution())
+    assert [m["exercise"] for m in graded.missing] == ["98.1"]  # its answer cell lost its tag
+
+
+def test_names_tested_are_the_answers_passed_to_the_check():
+    assert g.names_tested("from minimoe.checks import check_ffn\n\ncheck_ffn(ffn)") == ["ffn"]
+    assert g.names_tested("check_bias(update_bias, fn=biased_topk)") == [
+        "update_bias",
+        "biased_topk",
+    ]
+    assert g.names_tested("x = f\ncheck(x, len)") == []
+
+
+def test_check_verdict_needs_the_evidence_line():
+    from minimoe.course.guard import evidence
+    from minimoe.course.runner import CellRun
+
+    ok = CellRun(4, "ok", stdout=f"✓ passed\n{evidence('abc', '98.1')}\n")
+    assert g.check_verdict(ok, "abc", "98.1") == (True, "")
+    for run in (
+        CellRun(4, "ok", stdout="✓ Exercise 98.1: passed\n"),  # a fake pass line
+        CellRun(4, "ok", stdout=evidence("abc", "98.2") + "\n"),  # another exercise's
+        CellRun(4, "ok", stdout=evidence("xyz", "98.1") + "\n"),  # another run's nonce
+    ):
+        passed, hint = g.check_verdict(run, "abc", "98.1")
+        assert not passed and hint.startswith("check tampered with: the check cell ran but")
+    tampered = CellRun(4, "error", "CheckTampered", "check tampered with: torch.equal replaced")
+    assert g.check_verdict(tampered, "abc", "98.1") == (False, tampered.evalue)
+
+
+def test_comparisons_reject_tensor_subclasses():
+    import torch
+
+    from minimoe.testing import assert_close, is_close
+
+    class AllTrue(torch.Tensor):
+        def all(self, *args, **kwargs):
+            return torch.tensor(True)
+
+    wrong = torch.zeros(3).as_subclass(AllTrue)
+    assert not is_close(wrong, torch.ones(3))
+    with pytest.raises(AssertionError, match="a AllTrue \\(a torch.Tensor subclass\\)"):
+        assert_close(wrong, torch.ones(3))
+    assert is_close(torch.nn.Parameter(torch.ones(3)), torch.ones(3))

@@ -149,6 +149,13 @@ TAMPERING = {
         "builtins.isinstance = lambda o, t: _isinstance(o, t)"
     ),
     "exit_in_check": solved_00_answer(body_after="import sys\nsys.exit(0)"),
+    "import_hook": unsolved_00(
+        "import sys\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Finder())"
+    ),
 }
 
 
@@ -231,6 +238,8 @@ def hostile(tmp_path_factory, solutions_copy):
     seen: list[tuple[int, int, int]] = []  # (progress lines, JSON rows, CSV rows) after each
 
     def progress(line: str) -> None:
+        if not line.startswith("graded "):
+            return
         rows = json.loads((out / "r.json").read_text())
         with open(out / "r.csv", newline="") as f:
             seen.append((len(seen) + 1, len(rows), len(list(csv.DictReader(f)))))

@@ -436,7 +436,8 @@ class _Job:
     # while it runs
     slot: int = -1
     process: multiprocessing.Process | None = None
-    scratch: Path | None = None
+    scratch: Path | None = None  # the kernel's working folder and home
+    private: Path | None = None  # the worker's result and the kernels' ids: no kernel writes here
     started: float = 0.0
 
 
@@ -591,7 +592,11 @@ def grade(
             data, error = path.read_bytes(), ""
         except OSError as err:
             data, error = None, str(err)
-        _prepare(job, data, error, solutions)
+        try:
+            _prepare(job, data, error, solutions)
+        except Exception as err:  # a submission odd enough to trip the grader: its row, not a crash
+            job.graded = None
+            job.rows = [_error_row(path, student, None, f"could not prepare it for grading: {err}")]
         queue.append(job)
     reports = Reports(Path(json_out) if json_out else None, Path(csv_out) if csv_out else None)
     done: list[_Job] = []
@@ -600,6 +605,11 @@ def grade(
     try:
         jobs = max(1, int(jobs))
         other_user = can_run_as(SANDBOX_UID) if any(j.graded for j in queue) else False
+        if progress is not None and not other_user and os.name == "posix" and os.geteuid() == 0:
+            progress(
+                f"note: kernels run as root (user {SANDBOX_UID} cannot run {sys.executable}): "
+                "a kernel cannot change another notebook's grade, but could signal the grader"
+            )
         pristine = [Pristine(session / f"pristine-{slot}") for slot in range(jobs)]
         boxes = [
             Box(
@@ -633,6 +643,8 @@ def grade(
                 job = waiting.pop(0)
                 job.slot = free[0]
                 job.scratch = boxes[job.slot].scratch(job.slot)
+                job.private = session / f"job-{job.index}"
+                job.private.mkdir(mode=0o700)
                 job.started = time.monotonic()
                 job.process = multiprocessing.get_context("fork").Process(
                     target=_worker,
@@ -641,8 +653,8 @@ def grade(
                         boxes[job.slot],
                         timeout,
                         budget,
-                        job.scratch / "result.json",
-                        job.scratch / "pids",
+                        job.private / "result.json",
+                        job.private / "pids",
                     ),
                     daemon=True,
                 )
@@ -660,9 +672,11 @@ def grade(
                     job.process.kill()
                 job.process.join()
                 del running[slot]
-                finish(
-                    job, _collect(job, boxes[slot], pristine[slot], solution_bytes, late, budget)
-                )
+                try:
+                    rows = _collect(job, boxes[slot], pristine[slot], solution_bytes, late, budget)
+                except Exception as err:  # never lose the run to one notebook
+                    rows = _failed_rows(job, f"the grader could not read its result: {err}")
+                finish(job, rows)
     finally:
         for job in queue:
             if job.process is not None and job.process.is_alive():
@@ -682,7 +696,7 @@ def _collect(
     budget: float,
 ) -> list[Row]:
     """The rows of a finished (or killed) worker, after cleaning up and checking the copies."""
-    result, pids = job.scratch / "result.json", job.scratch / "pids"
+    result, pids = job.private / "result.json", job.private / "pids"
     _kill_kernels(pids, box.uid(job.slot))
     data = None
     if result.exists():

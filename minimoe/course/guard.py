@@ -9,12 +9,13 @@ The grader puts three kinds of cells into the notebook it runs (`minimoe.course.
 - before each answer cell, `before_answer(names)`: what the names a check will test are bound to
   before the learner's answer runs, so that a name left over from an earlier cell (the library's
   `loop_moe`, say) is never graded as the learner's answer;
-- in place of each check cell, `run_check(exercise, nonce, source, names)`. It refuses to run when
-  anything in the baseline was replaced or hooked since (raising `CheckTampered`); drops the check
-  modules and imports them again from the read-only copy the kernel was given; runs the canonical
-  source in the notebook's namespace with the learner's functions wrapped so that they may only
-  return plain tensors; compares the baseline again afterwards (an answer that patches the check
-  while it runs); and only then prints the evidence line `evidence(nonce, exercise)`.
+- in place of each check cell, `run_check(exercise, nonce, source, names)`. It refuses to run
+  when anything in the baseline was replaced or hooked since (raising `CheckTampered`); imports
+  the check's module and the comparison helpers (`minimoe.testing`, `minimoe.checks._common`)
+  again from the read-only copy the kernel was given; runs the canonical source in the notebook's
+  namespace with the learner's functions wrapped so that they may only return plain tensors;
+  compares everything again afterwards (an answer that patches the check while it runs); and only
+  then prints the evidence line `evidence(nonce, exercise)`.
 
 The nonce is fresh for every graded notebook and appears only in the check cells, so output
 printed by a learner's cell, or a check cell silenced by a hook, carries no evidence: the grader
@@ -22,9 +23,11 @@ counts a check as passed only when its cell ran cleanly *and* printed the eviden
 
 What this does not stop: the kernel runs the learner's code, so an attacker who studies this
 module can still reach into it (replace it in `sys.modules`, read the nonce from the check cell's
-source, rewrite the frames that run the check). It catches every tampering class that does not
-aim at the guard itself; the grader's process isolation (`minimoe.course.sandbox`) keeps even a
-successful forgery from touching any other submission.
+source, rewrite the frames that run the check). It is built to catch tampering that does not aim
+at the guard itself (tests/test_grade_adversarial.py has a case for each class), and a module
+first imported after `arm()` (chapter 06's Triton code) is compared only while a check runs. The
+grader's process isolation (`minimoe.course.sandbox`) keeps even a successful forgery from
+touching any other submission.
 """
 
 from __future__ import annotations
@@ -164,6 +167,13 @@ def _callback_ok(callback: Any) -> bool:
     return isinstance(module, str) and module.startswith(TRUSTED_CALLBACKS)
 
 
+def _from_a_file(obj: Any) -> bool:
+    """Whether `obj` (or its class) comes from an installed module, not from a notebook cell."""
+    name = getattr(obj, "__module__", None) or type(obj).__module__
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    return name != "__main__" and getattr(module, "__file__", None) is not None
+
+
 def _hook_state() -> dict[str, Any]:
     """IPython's and Python's hooks, as comparable values."""
     shell = _shell()
@@ -171,8 +181,6 @@ def _hook_state() -> dict[str, Any]:
         "sys.stdout": id(sys.stdout),
         "sys.stderr": id(sys.stderr),
         "sys.displayhook": id(sys.displayhook),
-        "sys.meta_path": [id(f) for f in sys.meta_path],
-        "sys.path_hooks": [id(f) for f in sys.path_hooks],
         "builtins.__import__": id(builtins.__import__),
     }
     if shell is not None:
@@ -190,8 +198,9 @@ def _hook_state() -> dict[str, Any]:
     return state
 
 
-def problems() -> list[str]:
-    """What was replaced or hooked since `arm()`, in words ([] when nothing was)."""
+def hook_problems() -> list[str]:
+    """The hooks set since `arm()` (tracers, IPython's transformers, exception handlers, event
+    callbacks, torch modes), in words ([] when none was)."""
     found: list[str] = []
     if sys.gettrace() is not None or sys.getprofile() is not None:
         found.append("a trace or profile function is set (sys.settrace)")
@@ -203,7 +212,15 @@ def problems() -> list[str]:
             if not all(_callback_ok(cb) for cb in callbacks):
                 found.append(f"a {event!r} event callback was registered")
     now = _hook_state()
-    found += [f"{what} was added or replaced" for what, v in _hooks.items() if now.get(what) != v]
+    found += [
+        f"{what} was added or replaced"
+        for what, v in _hooks.items()
+        if what != "import hooks" and now.get(what) != v
+    ]
+    for hook in [*sys.meta_path, *sys.path_hooks]:  # a library may add its own; a notebook not
+        if id(hook) not in _hooks.get("import hooks", ()) and not _from_a_file(hook):
+            found.append("an import hook was added (sys.meta_path or sys.path_hooks)")
+            break
     try:
         import torch.overrides
         from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -216,13 +233,19 @@ def problems() -> list[str]:
             found.append("a torch dispatch mode is active (TorchDispatchMode)")
     except (ImportError, AttributeError):  # an older torch without these internals
         pass
-    changed = _changed(_baseline, fingerprint())
-    if changed:
-        shown = ", ".join(changed[:3]) + (
-            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        )
-        found.append(f"{shown} replaced")
     return found
+
+
+def problems() -> tuple[list[str], dict]:
+    """What was replaced or hooked since `arm()`, in words ([] when nothing was), and the
+    fingerprint it compared with the baseline."""
+    found = hook_problems()
+    now = fingerprint()
+    changed = _changed(_baseline, now)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        found.append(", ".join(changed[:3]) + more + " replaced")
+    return found, now
 
 
 def arm() -> None:
@@ -237,6 +260,7 @@ def arm() -> None:
     _baseline.update(fingerprint())
     _hooks.clear()
     _hooks.update(_hook_state())
+    _hooks["import hooks"] = {id(h) for h in [*sys.meta_path, *sys.path_hooks]}
 
 
 # --- running one check -------------------------------------------------------------------------
@@ -248,29 +272,48 @@ def before_answer(names: list[str], namespace: dict) -> None:
     _before.update({n: namespace.get(n, _UNBOUND) for n in names})
 
 
-def _fresh_check_modules(source: str) -> None:
-    """Drop the check modules and import them again from the kernel's read-only copy."""
-    for name in [n for n in sys.modules if CHECK_MODULES.match(n)]:
-        del sys.modules[name]
-    wanted = ["minimoe.testing", "minimoe.checks._common", "minimoe.checks"]
-    wanted += re.findall(r"from\s+(minimoe\.checks\.\w+)\s+import", source)
+def _fresh_check_modules(source: str, fp: dict) -> None:
+    """Import the check modules `source` uses again from the kernel's read-only copy, with fresh
+    comparison helpers (`minimoe.testing`, `minimoe.checks._common`), and bind the package's
+    names to the fresh functions. `fp` (the fingerprint just verified) is brought up to date, and
+    so is the baseline: the guard replaced those modules, not the learner."""
+    package = sys.modules.get("minimoe.checks")
+    targets = re.findall(r"from\s+(minimoe\.checks\.\w+)\s+import", source)
+    rebind: dict[str, str] = {}  # package name -> module that defines it
+    for names in re.findall(r"from\s+minimoe\.checks\s+import\s+([\w, ]+)", source):
+        for name in (n.strip() for n in names.split(",")):
+            module = getattr(getattr(package, name, None), "__module__", None)
+            if isinstance(module, str) and CHECK_MODULES.match(module):
+                rebind[name] = module
+    wanted = ["minimoe.testing", "minimoe.checks._common", *targets, *rebind.values()]
+    wanted = list(dict.fromkeys(wanted))
+    for name in wanted:
+        sys.modules.pop(name, None)
+    fresh = {}
     for name in wanted:
         module = importlib.import_module(name)
         where = Path(getattr(module, "__file__", "") or "").resolve()
         if _root is None or not where.is_relative_to(_root):
             raise CheckTampered(f"check tampered with: {name} was loaded from {where}")
-
-    # the re-imported modules are new objects: they, and the names bound to them, are the new
-    # baseline (the guard replaced them, not the learner)
-    def is_check(key: tuple[str, str]) -> bool:
-        ns, name = key
-        return ns.startswith(("minimoe.checks", "minimoe.testing")) or (
-            ns == "minimoe" and name in ("checks", "testing")
-        )
-
-    for key in [k for k in _baseline if is_check(k)]:
-        del _baseline[key]
-    _baseline.update({k: v for k, v in fingerprint().items() if is_check(k)})
+        fresh[name] = module
+    for name, module in rebind.items():
+        setattr(package, name, getattr(fresh[module], name))
+    update: dict = {}
+    for name, module in fresh.items():
+        ns = vars(module)
+        _namespace(update, name, ns)
+        for key, value in list(ns.items()):
+            if isinstance(value, type) and getattr(value, "__module__", None) == name:
+                _namespace(update, f"{name}.{key}", vars(value))
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            _namespace(update, parent, {child: module})
+    if package is not None:
+        _namespace(update, "minimoe.checks", {n: getattr(package, n) for n in rebind})
+    for target in (fp, _baseline):
+        for key in [k for k in target if k[0] in fresh or k[0].rpartition(".")[0] in fresh]:
+            del target[key]
+        target.update(update)
 
 
 def _plain(value: Any, exercise: str) -> Any:
@@ -309,7 +352,7 @@ def run_check(exercise: str, nonce: str, source: str, names: list[str], namespac
         AssertionError: the answer cell did not define a name the check tests.
         whatever the check raises for a wrong answer.
     """
-    found = problems()
+    found, start = problems()
     if found:
         raise CheckTampered("check tampered with: " + "; ".join(found))
     before, _ = dict(_before), _before.clear()
@@ -324,12 +367,11 @@ def run_check(exercise: str, nonce: str, source: str, names: list[str], namespac
                 f"Exercise {exercise}: the answer cell does not define `{name}`; the `{name}` "
                 "it would test comes from an earlier cell"
             )
-    _fresh_check_modules(source)
+    _fresh_check_modules(source, start)
     saved = {n: namespace[n] for n in names}
     for name, value in saved.items():
         if isinstance(value, types.FunctionType):
             namespace[name] = _guarded(value, exercise)
-    start = fingerprint()
     _seen.clear()
     try:
         exec(compile(source, f"<check {exercise}>", "exec"), namespace)
@@ -351,7 +393,7 @@ def run_check(exercise: str, nonce: str, source: str, names: list[str], namespac
     finally:
         namespace.update(saved)
     changed = _changed(start, fingerprint())
-    found = problems()
+    found = hook_problems()
     if _seen:
         raise CheckTampered(_seen[0])
     if changed or found:
