@@ -16,7 +16,7 @@ Jitter has two scopes, because the systems that name it disagree on who sees the
   Transformer paper, section 2.4; DeepSpeed 'Jitter' multiplies a copy for the gate; MegaBlocks).
 - "router_and_experts": x is jittered once, before the layer, and both the router and the experts
   see it: HF Mixtral (`MixtralSparseMoeBlock.forward`, transformers 5.23) multiplies the hidden
-  states in place before the gate and the experts. HF SwitchTransformers (5.23) jitters inside
+  states in place (the caller's tensor too) before the gate and the experts. HF SwitchTransformers (5.23) jitters inside
   its router, but in place (`hidden_states *= ...`) after a `.to(float32)` that returns the same
   tensor for float32 input: the caller's tensor is mutated, so its experts see the jittered
   tokens too (for bf16/fp16 input the router jitters a copy: scope "router"). minimoe never

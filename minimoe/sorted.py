@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.experts import ExpertParams, activate, validate_experts_inputs
-from minimoe.validate import check_expert_ids, check_index_tensor, check_int, check_mask
+from minimoe.validate import (
+    check_expert_ids,
+    check_float_tensor,
+    check_index_tensor,
+    check_int,
+    check_mask,
+)
 
 if hasattr(F, "grouped_mm"):  # public from torch 2.10
     _GROUPED_MM, _GROUPED_MM_NAME = F.grouped_mm, "torch.nn.functional.grouped_mm"
@@ -185,6 +191,10 @@ def grouped_mm_path(x_TD: torch.Tensor, params: ExpertParams) -> str:
         installed torch runs it for x's device and dtype and every row stride is a multiple of
         16 bytes; otherwise "loop_grouped_mm", the loop of matmuls over contiguous slices.
     """
+    check_float_tensor("x_TD", x_TD, dim=2)
+    if not hasattr(params, "w1_EFD"):
+        raise TypeError(f"params must be an ExpertParams, got {type(params).__name__}")
+    check_float_tensor("w1_EFD", params.w1_EFD, dim=3)
     D, F_ = x_TD.shape[1], params.w1_EFD.shape[1]
     aligned = (D * x_TD.element_size()) % 16 == 0 and (F_ * x_TD.element_size()) % 16 == 0
     if aligned and _probe_grouped_mm(x_TD.device, x_TD.dtype):

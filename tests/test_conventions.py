@@ -288,6 +288,7 @@ def test_ties_probs_policy_saturated_probabilities() -> None:
     keep, _ = assign_slots(r.expert_TK, raw_TK, E_, C, "probs")
     ds_keep = dispatch.any(-1).gather(1, r.expert_TK)
     differ = keep != ds_keep
+    assert differ.any(), "this case has ties that the two orders break differently"
     for t, k in torch.nonzero(differ).tolist():
         e, p = int(r.expert_TK[t, k]), raw_TK[t, k]
         same_expert = r.expert_TK == e
@@ -315,5 +316,6 @@ def test_ties_hf_topk_over_underflowed_probabilities() -> None:
     probs = res.routing.probs_TE
     assert (probs.gather(1, idx_hf)[:, 1] == 0).all(), "the second choice underflowed"
     differ = idx_hf != res.routing.expert_TK
+    assert differ.any(), "HF picks other zero-probability experts than minimoe here"
     assert (probs.gather(1, idx_hf)[differ] == 0).all(), "only zero-probability choices differ"
     assert_close(y_ours, hf(x.clone()), atol=2e-5, rtol=1e-4, name="same output")

@@ -20,8 +20,9 @@ Deliberate differences, each shown by a test:
 - "probs": DeepSpeed ranks by the raw softmax prob and lays the kept slots out in token order;
   minimoe ranks by the gate weight it is given and lays them out in that priority order.
 
-Left out: random token selection (use_rts=True), Gumbel sampling of the second expert, the
-sparse_routes output, tensor/expert-parallel padding of the dropless capacity.
+Gumbel sampling of the second expert (`top2_2nd_expert_sampling=True`, the default) is compared
+in tests/test_conventions.py. Left out: random token selection (use_rts=True), the sparse_routes
+output, tensor/expert-parallel padding of the dropless capacity.
 """
 
 from __future__ import annotations

@@ -586,6 +586,11 @@ BAD_INPUTS = {
         (lambda: expert_ffn(X, PARAMS, 5), ValueError, r"expert e must be an int in \[0, 4\]"),
         (lambda: expert_ffn(X, PARAMS, 1.0), TypeError, "expert e must be an int"),
     ],
+    "grouped_mm_path": [
+        (lambda: minimoe.grouped_mm_path(X[0], PARAMS), ValueError, "x_TD must be 2-D"),
+        (lambda: minimoe.grouped_mm_path(X, (PARAMS.w1_EFD,)), TypeError, "ExpertParams"),
+        (lambda: minimoe.grouped_mm_path(X.long(), PARAMS), TypeError, "x_TD must be a floating"),
+    ],
     "reference_moe": experts_rows(reference_moe),
     "loop_moe": experts_rows(loop_moe),
     "einsum_moe": experts_rows(einsum_moe),
@@ -598,7 +603,7 @@ ROWS = [(entry, i, *row) for entry, rows in BAD_INPUTS.items() for i, row in enu
 # names of minimoe.__all__ that take no input to check: types, protocols and dataclasses whose
 # fields are filled by the library, and a lookup with no bad input (any x and params are valid)
 NO_ARGUMENTS = {"ExpertParams", "ExpertsFn", "MoECost", "MoEResult", "Routing", "RoutingStats"}
-NO_BAD_INPUT = {"grouped_mm_path"}
+NO_BAD_INPUT: set[str] = set()
 
 
 @pytest.mark.parametrize("entry,i,call,error,message", ROWS, ids=[f"{r[0]}-{r[1]}" for r in ROWS])

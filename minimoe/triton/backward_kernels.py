@@ -1,12 +1,12 @@
 """The backward Triton kernels of the experts step: gradients of x, of the gates and of every weight.
 
 With a_s = x[t] for slot s = t*K + k of expert e, g_s = a_s w1[e]^T, u_s = a_s w3[e]^T,
-h_s = silu(g_s) * u_s (or gelu(g_s)), and y[t] = sum_k gate_s h_s w2[e]^T, the chain rule gives
+h_s = silu(g_s) * u_s (or gelu(g_s), relu(g_s)), and y[t] = sum_k gate_s h_s w2[e]^T, the chain rule gives
 
     dA_s     = dy[t] @ w2[e]                      (F,)   act_grad_kernel: a grouped GEMM ...
     dgate_s  = <h_s, dA_s>                               ... its epilogue: dgate, and
     dh_s     = gate_s * dA_s                             the activation's backward:
-    dg_s     = dh_s * u_s * silu'(g_s),  du_s = dh_s * silu(g_s)      (GELU: dh_s * gelu'(g_s))
+    dg_s     = dh_s * u_s * silu'(g_s),  du_s = dh_s * silu(g_s)      (GELU, ReLU: dh_s * act'(g_s))
     dx[t]    = sum_k dg_s @ w1[e] + du_s @ w3[e]         grouped_gemm_kernel (HAS_SECOND), per
                                                          slot, then a fixed-order sum over K
     dw1[e]   = sum_{s of e} dg_s^T x[t]                  expert_grad_kernel, one launch each:
