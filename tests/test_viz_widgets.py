@@ -335,3 +335,14 @@ def test_latency_bench_drives_every_control(tmp_path, capsys):
         for row in rows.values():
             assert row["n"] >= 1 and 0 < row["median_ms"] <= row["p90_ms"] <= row["max_ms"]
     assert "median ms" in capsys.readouterr().out
+
+
+def test_the_dropped_slots_table_pads_every_cell(cx):
+    """Without padding of their own, JupyterLab draws the headers run together."""
+    import re
+
+    cx.controls["batch"].value = "skewed"
+    cx.controls["capacity_factor"].value = 0.75
+    cells = re.findall(r"<(th|td)( [^>]*)?>", cx.table.value)
+    assert len([c for c in cells if c[0] == "th"]) == 7
+    assert len(cells) > 7 and all("padding:" in attrs for _, attrs in cells)

@@ -6,7 +6,8 @@ Static, each returns its matplotlib Axes and takes `ax=None`:
     plot_routing_heatmap(routing.probs_TE, routing.expert_TK)
     plot_expert_load(routing.expert_TK, n_experts, keep_TK=keep_TK, capacity=C)
 
-also `plot_drop_rate_vs_capacity` and `plot_load_over_steps`. Interactive, each one call
+also `plot_drop_rate_vs_capacity`, `plot_load_over_steps` and `plot_drop_policies` (which slots
+each drop policy keeps). Interactive, each one call
 returning a widget whose `.controls` can be set from Python and whose `.figures` update in place:
 
     from minimoe.viz import routing_explorer, capacity_explorer, token_colouring
@@ -26,6 +27,7 @@ from minimoe.viz._widgets import expert_colour, expert_colours, text_colour
 from minimoe.viz.batches import routing_batch, token_batch
 from minimoe.viz.capacity_explorer import CapacityExplorer, capacity_explorer
 from minimoe.viz.routing_explorer import RoutingExplorer, routing_explorer
+from minimoe.viz.slots import plot_drop_policies
 from minimoe.viz.static import (
     plot_drop_rate_vs_capacity,
     plot_expert_load,
@@ -44,6 +46,7 @@ __all__ = [
     "expert_colour",
     "expert_colours",
     "load_animation",
+    "plot_drop_policies",
     "plot_drop_rate_vs_capacity",
     "plot_expert_load",
     "plot_load_over_steps",

@@ -51,6 +51,9 @@ CURVE_CFS = tuple(np.round(np.arange(0.1, 3.01, 0.1), 2))
 MAX_TABLE_ROWS = 12
 
 
+TABLE_CELL = "style='padding:2px 12px 2px 0;text-align:left;white-space:nowrap'"
+
+
 def capacity_for(T: int, E: int, K: int, formula: str, cf: float, min_capacity: int = 0):
     """C by `minimoe.expert_capacity`; "switch" gets the paper's fixed int(T/E * cf)."""
     fixed = max(1, int(T / E * cf)) if formula == "switch" else None
@@ -242,23 +245,19 @@ class CapacityExplorer(Explorer):
         for t, k in dropped[:MAX_TABLE_ROWS]:
             before = ", ".join(f"{g:.2f}" for g in gate_TK[t].tolist())
             after = ", ".join(f"{g:.2f}" for g in self.gate_after_TK[t].tolist())
-            rows.append(
-                f"<tr><td>{t}</td><td>{k + 1}</td><td>{int(expert_TK[t, k])}</td>"
-                f"<td>{int(self.queue_TK[t, k])}</td><td>{before}</td><td>{after}</td>"
-                f"<td>{'yes' if bool(lost_T[t]) else ''}</td></tr>"
-            )
+            cells = (t, k + 1, int(expert_TK[t, k]), int(self.queue_TK[t, k]), before, after,
+                     "yes" if bool(lost_T[t]) else "")  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td {TABLE_CELL}>{v}</td>" for v in cells) + "</tr>")
         more = len(dropped) - MAX_TABLE_ROWS
         tail = f"<p>… and {more} more dropped slots</p>" if more > 0 else ""
         renorm = "renormalised" if c["renormalize"] else "not renormalised"
-        head = (
-            "<tr><th>token</th><th>choice</th><th>expert</th><th>place in queue</th>"
-            f"<th>gates before</th><th>gates after ({html.escape(renorm)})</th>"
-            "<th>lost every expert</th></tr>"
-        )
+        titles = ("token", "choice", "expert", "place in queue", "gates before",
+                  f"gates after ({html.escape(renorm)})", "lost every expert")  # fmt: skip
+        # inline padding: JupyterLab's widget CSS resets cellpadding, and the headers ran together
+        head = "<tr>" + "".join(f"<th {TABLE_CELL}>{h}</th>" for h in titles) + "</tr>"
         self.table.value = (
             "<details open><summary><b>Which tokens lost which slot</b></summary>"
-            "<table style='font-size:0.85em;line-height:1.2;border-collapse:collapse' "
-            "cellpadding='1' cellspacing='6'>"
+            "<table style='font-size:0.85em;line-height:1.2;border-collapse:collapse'>"
             f"{head}{''.join(rows)}</table>{tail}</details>"
             if dropped
             else "<p><b>No slot dropped.</b></p>"
