@@ -174,6 +174,12 @@ class MoEConfig:
         for name in ("renormalize_after_drop", "aux_loss_per_group", "check_finite"):
             check_bool(name, getattr(self, name))
         check_int("seed", self.seed)
+        if self.aux_loss_per_group and (self.group_size is None or self.aux_loss != "switch"):
+            raise ValueError(
+                "aux_loss_per_group=True averages the 'switch' loss over groups: it needs "
+                f"aux_loss='switch' and a group_size, got aux_loss={self.aux_loss!r}, "
+                f"group_size={self.group_size}"
+            )
 
     def replace(self, **changes) -> MoEConfig:
         """A copy with some fields changed (validated again)."""

@@ -244,6 +244,12 @@ BAD_INPUTS = {
         ),  # fmt: skip
         (cfg(renormalize_after_drop=1), TypeError, "renormalize_after_drop must be True or False"),
         (cfg(aux_loss="gshard"), ValueError, "aux_loss='gshard' is not one of"),
+        (cfg(aux_loss_per_group=True), ValueError, "aux_loss_per_group=True .* needs"),
+        (
+            cfg(aux_loss_per_group=True, group_size=2, aux_loss="mixtral"),
+            ValueError,
+            "aux_loss='switch'",
+        ),  # fmt: skip
     ],
     "route": [
         (lambda: route(LOGITS, 0), ValueError, "top_k must be in"),
