@@ -241,3 +241,34 @@ def test_the_command_prints_a_working_url_and_stops_its_server(tmp_path):
             return
         time.sleep(0.5)
     pytest.fail("the server kept running after the command stopped")
+
+
+@pytest.mark.slow
+def test_the_grader_grades_notebooks_from_the_workspace(tmp_path):
+    """The instructor's grader on a learner's workspace copy: the shipped warm-up scores 0, the
+    same copy with the warm-up solved (and run, with the kernel metadata it carries) scores 1."""
+    ws = tmp_path / "ws"
+    lab.sync(ROOT, ws)
+    solved = ws / "exercises" / "00_start_here.ipynb"
+    answer = next(
+        c
+        for c in json.loads((ROOT / "solutions" / "00_start_here.ipynb").read_text())["cells"]
+        if "answer" in c["metadata"].get("tags", [])
+    )
+    nb = json.loads(solved.read_text())
+    for cell in nb["cells"]:
+        if "answer" in cell["metadata"].get("tags", []):
+            cell["source"] = answer["source"]
+    (ws / "submitted").mkdir()
+    shipped = ws / "submitted" / "00_start_here.ipynb"
+    shipped.write_bytes(solved.read_bytes())
+    solved.write_text(json.dumps(nb))
+    report = tmp_path / "grades.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "minimoe", "grade", str(solved), str(shipped),
+         "--solutions", str(ROOT / "solutions"), "--json", str(report)],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    rows = {Path(r["notebook"]).parent.name: r for r in json.loads(report.read_text())}
+    assert rows["exercises"]["passed"] and rows["exercises"]["points"] == 1, done.stdout
+    assert not rows["submitted"]["passed"] and rows["submitted"]["points"] == 0, done.stdout
