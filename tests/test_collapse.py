@@ -15,6 +15,7 @@ from minimoe.collapse.lab import (
     Setting,
     format_table,
     get_setting,
+    run_lab,
     run_setting,
 )
 from minimoe.collapse.task import CollapseModel, TaskConfig, make_task
@@ -155,6 +156,17 @@ def test_zero_steps_and_table(task) -> None:
     assert res.load_SE.shape == (0, 8) and res.final["dead_experts"] == 0
     table = format_table([res])
     assert "no balancing" in table and "max/mean" in table and "val loss" in table
+
+
+def test_run_lab_progress_names_each_setting_and_ends_complete(capsys) -> None:
+    names = ["no balancing", "switch aux loss"]
+    quiet = run_lab(names, steps=3, progress=False)
+    shown = run_lab(names, steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert [r.name for r in shown] == names
+    assert all(torch.equal(a.load_SE, b.load_SE) for a, b in zip(quiet, shown))
+    assert "training no balancing" in err and "training switch aux loss" in err
+    assert "2/2" in err and err.rstrip().endswith("done]")
 
 
 def test_cli(tmp_path, capsys) -> None:

@@ -60,3 +60,17 @@ def test_collapse_explorer_reuses_results_and_reruns_on_change() -> None:
     assert ex.update_ms["strength"], "the update was timed"
     with pytest.raises(ValueError, match="steps"):
         collapse_explorer(steps=0)
+
+
+def test_load_animation_shares_an_axis_on_request_and_labels_the_line_outside_the_bars() -> None:
+    collapsed = load_animation(torch.tensor([[2, 2, 2, 2], [8, 0, 0, 0]]))
+    even = load_animation(torch.tensor([[2, 2, 2, 2], [3, 2, 2, 1]]))
+    assert tuple(collapsed.layout.yaxis.range) == (0, 1.0)
+    assert tuple(even.layout.yaxis.range) == pytest.approx((0, 0.4))  # 37.5 % rounded up
+    same = [load_animation(x, y_max=0.6) for x in (torch.ones(3, 4), torch.eye(4)[:3])]
+    assert all(tuple(f.layout.yaxis.range) == (0, 0.6) for f in same)
+    label = collapsed.layout.annotations[0]
+    assert "1/E = 0.250" in label.text and label.xref == "paper" and label.x > 1
+    assert collapsed.layout.template.layout.plot_bgcolor == "white"
+    with pytest.raises(ValueError, match="y_max"):
+        load_animation(torch.ones(3, 4), y_max=0)

@@ -323,17 +323,24 @@ def run_lab(
         settings: names or `Setting`s.
         seed: the training seed of every run.
         steps: training steps per run (default `STEPS`).
-        progress: a tqdm bar over the settings.
+        progress: a tqdm bar over the settings, naming the one being trained (a run takes
+            seconds, the whole lab up to a minute on a busy machine: the bar says it is alive).
         record: keep the per-step statistics.
     """
     chosen = [get_setting(s) for s in (SETTINGS if settings is None else settings)]
     task = make_task(TaskConfig())
-    runs = chosen
-    if progress:
-        from tqdm.auto import tqdm
+    if not progress:
+        return [run_setting(s, seed=seed, steps=steps, record=record, task=task) for s in chosen]
+    from tqdm.auto import tqdm
 
-        runs = tqdm(chosen, desc="collapse lab", unit="setting")
-    return [run_setting(s, seed=seed, steps=steps, record=record, task=task) for s in runs]
+    results = []
+    with tqdm(total=len(chosen), desc="collapse lab", unit="setting") as bar:
+        for s in chosen:
+            bar.set_postfix_str(f"training {s.name}")
+            results.append(run_setting(s, seed=seed, steps=steps, record=record, task=task))
+            bar.update(1)
+        bar.set_postfix_str("done")
+    return results
 
 
 def format_table(results: list[LabResult]) -> str:

@@ -34,6 +34,7 @@ def load_animation(
     title: str = "share of the routed slots per expert",
     max_frames: int = 40,
     frame_ms: int = 120,
+    y_max: float | None = None,
 ) -> go.Figure:
     """An animated bar chart of each expert's share of the slots, one frame per recorded step.
 
@@ -42,6 +43,8 @@ def load_animation(
         title: the figure title.
         max_frames: at most this many frames (evenly spaced steps, the last one included).
         frame_ms: milliseconds per frame when playing.
+        y_max: the top of the share axis, in (0, 1]. Give two animations the same value to
+            compare them by eye (default: the largest share, rounded up to a multiple of 10 %).
 
     Returns:
         A plotly Figure with `frames`, a play/pause button and a step slider.
@@ -52,6 +55,10 @@ def load_animation(
         raise ValueError("load_SE has no steps to animate")
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if y_max is None:
+        y_max = max(0.1, math.ceil(float(share_SE.max()) * 10 - 1e-9) / 10)
+    if not 0 < y_max <= 1:
+        raise ValueError(f"y_max must be a share in (0, 1], got {y_max}")
     steps = sorted({int(round(s)) for s in np.linspace(0, S - 1, min(S, max_frames))})
     experts = [f"e{e}" for e in range(E)]
     colours = expert_colours(E)
@@ -63,17 +70,20 @@ def load_animation(
     frames = [go.Frame(data=[bar(s)], name=str(s), layout={"title": f"{title} · step {s}"})
               for s in steps]  # fmt: skip
     fig = go.Figure(data=[bar(steps[0])], frames=frames)
-    fig.add_hline(y=1 / E, line_dash="dash", line_color="#555",
-                  annotation_text=f"even share 1/E = {1 / E:.3f}")  # fmt: skip
+    fig.add_hline(y=1 / E, line_dash="dash", line_color="#555")
+    # the line's label sits in the right margin, never over a bar (the tallest is the one to read)
+    fig.add_annotation(text=f"even share<br>1/E = {1 / E:.3f}", xref="paper", x=1.01,
+                       xanchor="left", y=1 / E, yanchor="middle", showarrow=False,
+                       font={"color": "#555", "size": 12}, align="left")  # fmt: skip
     play = {"frame": {"duration": frame_ms, "redraw": True}, "fromcurrent": True}
     pause = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}
     fig.update_layout(
         title=f"{title} · step {steps[0]}",
-        yaxis={"title": "share of slots", "range": [0, max(0.05, float(share_SE.max())) * 1.08],
-               "tickformat": ".0%"},
+        yaxis={"title": "share of slots", "range": [0, y_max], "tickformat": ".0%"},
         xaxis={"title": "expert"},
+        template="plotly_white",
         height=360,
-        margin={"t": 50, "b": 90},
+        margin={"t": 50, "b": 90, "r": 110},
         showlegend=False,
         updatemenus=[{"type": "buttons", "direction": "left", "x": 0.0, "y": -0.22,
                       "xanchor": "left", "yanchor": "top",
@@ -131,7 +141,7 @@ class CollapseExplorer(Explorer):
             data=[go.Scatter(x=[], y=[], mode="lines", stackgroup="load", name=f"expert {e}",
                              line={"width": 0.5, "color": colours[e]}, fillcolor=colours[e])
                   for e in range(E)],
-            layout={"height": 340, "margin": {"t": 40, "b": 40},
+            layout={"height": 340, "margin": {"t": 40, "b": 40}, "template": "plotly_white",
                     "yaxis": {"title": "share of the routed slots", "range": [0, 1],
                               "tickformat": ".0%"},
                     "xaxis": {"title": "training step"}, "legend": {"orientation": "v"}},
