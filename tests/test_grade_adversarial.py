@@ -198,10 +198,18 @@ def memory_limited_00():
     )
 
 
+SHIPPED_SOLVED = ("02", "03", "04", "05", "06", "07")
+
+
+def solved(chapter: str) -> str:
+    """The student handing in the shipped solution of `chapter` (names hold no digits)."""
+    return "solved" + "abcdefghij"[int(chapter)]
+
+
 @pytest.fixture(scope="module")
 def solutions_copy(tmp_path_factory):
     path = tmp_path_factory.mktemp("solutions")
-    for nb in (ROOT / "solutions").glob("0[01]_*.ipynb"):
+    for nb in (ROOT / "solutions").glob("0?_*.ipynb"):
         shutil.copy(nb, path / nb.name)
     return path
 
@@ -234,6 +242,9 @@ def hostile(tmp_path_factory, solutions_copy):
         room / "killgroup_00_start.ipynb",
     )
     write(shipped("solutions", "00"), room / "honest_00_start.ipynb")
+    for chapter in SHIPPED_SOLVED:  # no false alarm on any chapter (01 is the UTF-16 one)
+        (path,) = (ROOT / "solutions").glob(f"{chapter}_*.ipynb")
+        shutil.copy(path, room / f"{solved(chapter)}_{path.name}")
     out = tmp_path_factory.mktemp("reports")
     seen: list[tuple[int, int, int]] = []  # (progress lines, JSON rows, CSV rows) after each
 
@@ -271,6 +282,14 @@ def test_every_tampering_class_fails_as_check_tampered_with(hostile, name):
 def test_an_honest_notebook_beside_them_passes(hostile):
     row = hostile[0]["honest"]["00.1"]
     assert (row.passed, row.points, row.hint) == (True, 1, "")
+
+
+@pytest.mark.parametrize("chapter", SHIPPED_SOLVED)
+def test_every_shipped_solution_earns_every_point_under_the_guard(hostile, chapter):
+    rows = hostile[0][solved(chapter)].values()
+    assert rows and all(r.chapter == chapter for r in rows)
+    assert [r.hint for r in rows if not r.passed] == []
+    assert sum(r.points for r in rows) == sum(r.max_points for r in rows) > 0
 
 
 def test_missing_or_renamed_answers_never_earn_the_mark(hostile):
