@@ -12,12 +12,19 @@ DeepSpeed's topk ranks by the raw softmax probability instead: call `assign_slot
 
 Checks and device syncs: the layer's inputs are checked by the config and here; the routing it
 makes is valid by construction, so only the experts step checks the expert ids' range (one
-device sync per forward pass, `minimoe.validate.check_expert_ids`).
+device sync per forward pass, `minimoe.validate.check_expert_ids`). The routing statistics need
+several host syncs (counts and floats read back), so `result.stats` computes them only when it is
+first read; a training step that never looks at them never waits for them.
+
+Two sets of gates: `result.routing.gate_TK` is what the router chose; `result.gate_TK` is what
+the experts used, after the capacity drops (a dropped slot's gate is 0, and the survivors are
+rescaled when `renormalize_after_drop`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -44,10 +51,13 @@ class MoEResult:
     Attributes:
         aux_loss: the config's load-balancing loss (0 if aux_loss="none"), differentiable.
         z_loss: the router z-loss, differentiable.
-        routing: the `Routing` (experts, gates after drops, probs, logits).
+        routing: the `Routing` as the router chose it (experts, gates before drops, probs, logits).
         keep_TK: which slots survived the capacity limit.
         capacity: C per expert per group (None when dropless).
-        stats: `RoutingStats` of this pass.
+        gate_TK: the gates the experts used: after drops (0 for a dropped slot), renormalised
+            when the config says so.
+        n_experts: E, for the statistics.
+        stats: `RoutingStats` of this pass, computed (with its host syncs) when first read.
     """
 
     aux_loss: torch.Tensor
@@ -55,7 +65,14 @@ class MoEResult:
     routing: Routing
     keep_TK: torch.Tensor
     capacity: int | None
-    stats: RoutingStats
+    gate_TK: torch.Tensor
+    n_experts: int = field(repr=False)
+
+    @cached_property
+    def stats(self) -> RoutingStats:
+        return _routing_stats(
+            self.routing.expert_TK, self.n_experts, self.keep_TK, self.routing.probs_TE
+        )
 
 
 class MoELayer(nn.Module):
@@ -142,7 +159,6 @@ class MoELayer(nn.Module):
         gate_TK = routing.gate_TK * keep_TK
         if cfg.renormalize_after_drop:
             gate_TK = renormalize_survivors(routing.gate_TK, keep_TK)
-        routing.gate_TK = gate_TK
         y_TD = self.experts_fn(x_TD, routing.expert_TK, gate_TK, self.experts.params, keep_TK)
         # DeepSeek-V3's sigmoid scores do not sum to 1; its balance loss normalises them per token
         # first (arXiv 2412.19437, eq. 19), so the loss is 1 at perfect balance here too.
@@ -156,6 +172,7 @@ class MoELayer(nn.Module):
             aux = _mixtral_load_balancing_loss(probs_TE, routing.expert_TK)
         else:
             aux = logits_TE.new_zeros(())
-        stats = _routing_stats(routing.expert_TK, cfg.n_experts, keep_TK, routing.probs_TE)
-        result = MoEResult(aux, z_loss(logits_TE), routing, keep_TK, capacity, stats)
+        result = MoEResult(
+            aux, z_loss(logits_TE), routing, keep_TK, capacity, gate_TK, cfg.n_experts
+        )
         return y_TD.view(x.shape), result

@@ -147,7 +147,7 @@ def test_jitter_router_scope_is_switch_paper_router_only() -> None:
     torch.manual_seed(9)
     y, result = ours(x)
     r = result.routing
-    y_expected = reference_moe(x.reshape(-1, D), r.expert_TK, r.gate_TK, ours.experts.params)
+    y_expected = reference_moe(x.reshape(-1, D), r.expert_TK, result.gate_TK, ours.experts.params)
     assert_close(y.reshape(-1, D), y_expected, atol=1e-5, rtol=1e-4, name="clean experts")
     alone = Router(D, E, noise="jitter", jitter_eps=EPS, jitter_scope="router_and_experts")
     alone.train()

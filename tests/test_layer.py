@@ -1,7 +1,19 @@
+import contextlib
+
 import pytest
 import torch
 
-from minimoe import MoEConfig, MoELayer, ffn, loop_moe, reference_moe
+from minimoe import (
+    MoEConfig,
+    MoELayer,
+    einsum_moe,
+    ffn,
+    grouped_mm_moe,
+    loop_moe,
+    reference_moe,
+    renormalize_survivors,
+    route,
+)
 from minimoe.testing import assert_close
 
 CFG = MoEConfig(d_model=16, d_ff=24, n_experts=4, top_k=2)
@@ -18,7 +30,9 @@ def test_output_matches_oracle_on_the_returned_routing():
     y, res = layer(x)
     assert y.shape == x.shape and res.capacity == 6
     r = res.routing
-    y_ref = reference_moe(x.view(-1, 16), r.expert_TK, r.gate_TK, layer.experts.params, res.keep_TK)
+    y_ref = reference_moe(
+        x.view(-1, 16), r.expert_TK, res.gate_TK, layer.experts.params, res.keep_TK
+    )
     assert_close(y.view(-1, 16), y_ref, atol=1e-12)
     assert int(res.keep_TK.sum()) + round(res.stats.drop_rate * 28) == 28  # conservation
 
@@ -156,3 +170,77 @@ def test_check_finite_catches_nan_router_logits():
     with pytest.raises(FloatingPointError, match="router logits contain NaN"):
         layer(x)
     layer(torch.randn(4, 16, dtype=torch.float64))  # finite input passes
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_result_gates_are_after_drops_and_routing_keeps_the_routers_choice(renormalize):
+    cfg = CFG.replace(
+        capacity_formula="deepspeed", capacity_factor=0.5, renormalize_after_drop=renormalize
+    )
+    layer = _layer(cfg)
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    y, res = layer(x)
+    chosen = route(res.routing.logits_TE, cfg.top_k, cfg.gating)
+    assert not res.keep_TK.all(), "the case needs drops"
+    assert torch.equal(res.routing.gate_TK, chosen.gate_TK)  # untouched by the drops
+    if renormalize:
+        expected = renormalize_survivors(chosen.gate_TK, res.keep_TK)
+    else:
+        expected = chosen.gate_TK * res.keep_TK
+    assert torch.equal(res.gate_TK, expected)
+    assert torch.equal(res.gate_TK[~res.keep_TK], torch.zeros_like(res.gate_TK[~res.keep_TK]))
+    r = res.routing
+    y_ref = reference_moe(x.view(-1, 16), r.expert_TK, res.gate_TK, layer.experts.params)
+    assert_close(y.view(-1, 16), y_ref, atol=1e-12)  # the result's gates alone give the output
+
+
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def _count_host_reads():
+    """Count the ways a tensor's value reaches Python (each is a host sync on an accelerator)."""
+    calls: list[str] = []
+    saved = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+
+    def counting(name, method):
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    for name, method in saved.items():
+        setattr(torch.Tensor, name, counting(name, method))
+    try:
+        yield calls
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+# the id-range check (one tolist) is the only one the layer itself makes; the rest belong to the
+# implementation (einsum reads its capacity back to size its buffers, the sorted path asks whether
+# any slot was dropped) or to the "deepspeed" capacity formula (a float32 CPU scalar, read twice)
+@pytest.mark.parametrize(
+    "fn, changes, expected",
+    [
+        (loop_moe, {}, 1),
+        (einsum_moe, {}, 2),
+        (grouped_mm_moe, {}, 2),
+        (loop_moe, dict(aux_loss="mixtral"), 1),
+        (loop_moe, dict(capacity_formula="deepspeed", capacity_factor=1.0), 3),
+        (loop_moe, dict(capacity_formula="megatron", capacity_factor=1.0), 1),
+    ],
+)
+def test_forward_reads_nothing_back_unless_statistics_are_asked_for(fn, changes, expected):
+    layer = MoELayer(CFG.replace(**changes), experts_fn=fn)
+    x = torch.randn(2, 5, 16)
+    with _count_host_reads() as reads:
+        _, res = layer(x)
+    assert len(reads) == expected, f"host reads per forward pass: {reads}"
+    with _count_host_reads() as reads:
+        stats = res.stats
+    assert len(reads) >= 5, "the statistics read their numbers back, on request"
+    assert res.stats is stats  # computed once
+    assert stats.load_E.sum() == int(res.keep_TK.sum())
