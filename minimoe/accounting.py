@@ -29,10 +29,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from minimoe.config import ACTIVATIONS
+from minimoe.experts import n_matrices
+from minimoe.impls import IMPLEMENTATIONS
 from minimoe.validate import check_choice, check_int, check_optional_int
 
-IMPLS = ("loop", "einsum", "padded_bmm", "grouped_mm", "dense")
+COST_MODELS = ("loop", "einsum", "padded_bmm", "grouped_mm", "dense")
+# the cost models, and every registered implementation by name (each maps to its cost model)
+IMPLS = (*COST_MODELS, *(name for name in IMPLEMENTATIONS if name not in COST_MODELS))
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def moe_cost(
     """FLOPs and bytes of one forward pass of the experts step (see the module docstring).
 
     Args:
-        impl: "loop", "einsum", "padded_bmm", "grouped_mm" or "dense".
+        impl: a cost model ("loop", "einsum", "padded_bmm", "grouped_mm" or "dense"), or the
+            name of any implementation in `minimoe.impls.IMPLEMENTATIONS` (costed by its model).
         T, D, F, E, K: tokens, model dim, expert hidden dim, experts, experts per token.
         capacity: C per expert; None = dropless (the padded length is then ceil(T*K / E)).
         dtype_bytes: bytes per element of activations and weights.
@@ -112,7 +116,7 @@ def moe_cost(
         A `MoECost`.
     """
     check_choice("impl", impl, IMPLS)
-    check_choice("activation", activation, ACTIVATIONS)
+    model = impl if impl in COST_MODELS else IMPLEMENTATIONS[impl].cost_model
     for name, value in dict(T=T, D=D, F=F, E=E, K=K, dtype_bytes=dtype_bytes).items():
         check_int(name, value)
     check_optional_int("capacity", capacity)
@@ -120,23 +124,23 @@ def moe_cost(
         raise ValueError(f"bad sizes: T={T}, D={D}, F={F}, E={E}, K={K}, bytes={dtype_bytes}")
     if capacity is not None and capacity < 0:
         raise ValueError(f"capacity must be >= 0 or None, got {capacity}")
-    b, n_mats = dtype_bytes, 3 if activation == "swiglu" else 2
+    b, n_mats = dtype_bytes, n_matrices(activation)
     C = math.ceil(T * K / E) if capacity is None else capacity
     N = T * K if capacity is None else min(T * K, E * C)
     useful = 2 * N * D * F * n_mats
     expert_weights = n_mats * D * F  # elements of one expert
-    if impl == "dense":
+    if model == "dense":
         flops = 2 * T * D * (K * F) * n_mats
         act = _ffn_activation_bytes(T, D, K * F, n_mats)
         return MoECost(impl, flops, flops, K * expert_weights * b, act * b, 0, None)
-    if impl in ("loop", "grouped_mm"):
+    if model in ("loop", "grouped_mm"):
         # gather N rows (read + write), the FFN on N rows, gather back + weighted sum into T rows
         act = 2 * N * D + _ffn_activation_bytes(N, D, F, n_mats) + N * D + T * D
         weights = min(E, N) * expert_weights  # an expert without slots is never read
         return MoECost(impl, useful, useful, weights * b, act * b, 0, None)
     executed = 2 * E * C * D * F * n_mats  # the FFN over every padded row
     ffn_act = _ffn_activation_bytes(E * C, D, F, n_mats)
-    if impl == "padded_bmm":
+    if model == "padded_bmm":
         # gather N rows, write them into the zeroed (E, C, D) buffer, gather N rows back, combine
         act = 2 * N * D + E * C * D + ffn_act + N * D + N * D + T * D
         return MoECost(impl, useful, executed, E * expert_weights * b, act * b, 0, C)

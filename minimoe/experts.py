@@ -32,6 +32,7 @@ __all__ = [
     "activate",
     "expert_ffn",
     "ffn",
+    "n_matrices",
     "validate_experts_inputs",
     "zero_with_graph",
 ]
@@ -80,6 +81,12 @@ def ffn(
     h_NF = x_ND @ w1_FD.t()
     u_NF = x_ND @ w3_FD.t() if activation == "swiglu" else None
     return activate(h_NF, u_NF, activation) @ w2_DF.t()
+
+
+def n_matrices(activation: str) -> int:
+    """Weight matrices (and matmuls) per expert: 3 for "swiglu" (gate, up, down), else 2."""
+    check_choice("activation", activation, ACTIVATIONS)
+    return 3 if activation == "swiglu" else 2
 
 
 def expert_ffn(x_ND: torch.Tensor, params: ExpertParams, e: int) -> torch.Tensor:

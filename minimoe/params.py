@@ -23,8 +23,9 @@ with MoE layers, biases, multi-token-prediction heads and DeepSeek's MLA attenti
 
 from __future__ import annotations
 
-from minimoe.config import ACTIVATIONS, MoEConfig
-from minimoe.validate import check_bool, check_choice, check_int, check_optional_int
+from minimoe.config import MoEConfig
+from minimoe.experts import n_matrices
+from minimoe.validate import check_bool, check_int, check_optional_int
 
 QK_NORMS = ("none", "full", "head")
 
@@ -72,8 +73,7 @@ PUBLISHED_CONFIGS: dict[str, dict] = {
 
 def _expert_params(d_model: int, d_ff: int, activation: str) -> int:
     """Weights of one expert: w1, w2 (and w3 for SwiGLU), no biases."""
-    check_choice("activation", activation, ACTIVATIONS)
-    return (3 if activation == "swiglu" else 2) * d_model * d_ff
+    return n_matrices(activation) * d_model * d_ff
 
 
 def count_moe_params(cfg: MoEConfig) -> tuple[int, int]:

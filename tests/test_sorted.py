@@ -1,4 +1,7 @@
-"""The sort-based experts (padded batched matmul, grouped matmul) against the float64 oracle."""
+"""The sort-based experts' own parts: sorting the slots, the grouped matmul path and its fallback.
+
+Both sort-based implementations (padded batched matmul, grouped matmul) are tested against the
+float64 oracle with every other registered implementation, in tests/test_impls.py."""
 
 from __future__ import annotations
 
@@ -7,16 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minimoe
 from minimoe.sorted import grouped_mm_path, loop_grouped_mm, sort_slots
 from minimoe.testing import (
     REFERENCE_TOL,
     assert_close,
-    assert_matches_reference,
     make_experts_inputs,
 )
 
-IMPLS = [minimoe.padded_bmm_moe, minimoe.grouped_mm_moe]
 TOL = REFERENCE_TOL
 
 # (name, T, D, F, E, K): the awkward shapes of the design
@@ -28,41 +28,6 @@ SHAPES = [
     ("D=100,F odd", 4, 100, 30, 3, 1),
     ("K=E", 6, 8, 8, 3, 3),
 ]
-
-
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("activation", ["swiglu", "gelu"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
-def test_matches_reference_on_awkward_shapes(fn, dtype, activation, shape):
-    _, T, D, F, E, K = shape
-    assert_matches_reference(fn, *make_experts_inputs(T, D, F, E, K, dtype, activation))
-
-
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("routing", ["one_expert", "empty_expert", "topk"])
-@pytest.mark.parametrize("K", [1, 2])
-def test_matches_reference_on_skewed_routing(fn, dtype, routing, K):
-    assert_matches_reference(fn, *make_experts_inputs(8, 16, 12, 4, K, dtype, "swiglu", routing))
-
-
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("policy", ["position", "k_major", "probs", "random", "batch_priority"])
-def test_capacity_drops_match_reference(fn, policy):
-    x, expert, gate, params = make_experts_inputs(10, 16, 12, 4, 2, torch.float64, "swiglu", "topk")
-    gen = torch.Generator().manual_seed(3)
-    keep, _ = minimoe.assign_slots(expert, gate, 4, 3, policy, generator=gen)
-    assert not keep.all()  # the capacity really drops something
-    assert_matches_reference(fn, x, expert, gate, params, keep)
-
-
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-def test_every_slot_dropped_gives_zeros_and_zero_grads(fn):
-    x, expert, gate, params = make_experts_inputs(3, 8, 12, 4, 2, torch.float64, "swiglu")
-    keep = torch.zeros(3, 2, dtype=torch.bool)
-    assert_matches_reference(fn, x, expert, gate, params, keep)
-    assert_close(fn(x, expert, gate, params, keep), torch.zeros(3, 8, dtype=torch.float64))
 
 
 def test_sort_slots_hand_computed():
@@ -120,20 +85,7 @@ def test_loop_grouped_mm_hand_computed():
     assert_close(out, torch.tensor([[0.0, 1.0], [6.0, 9.0], [12.0, 15.0]]))
 
 
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-def test_deterministic(fn):
-    x, expert, gate, params = make_experts_inputs(64, 16, 12, 4, 2, torch.float32, "swiglu")
-    assert torch.equal(fn(x, expert, gate, params), fn(x, expert, gate, params))
-
-
-@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
-def test_bad_input_raises(fn):
-    x, expert, gate, params = make_experts_inputs(4, 8, 12, 4, 2, torch.float32, "swiglu")
-    with pytest.raises(ValueError, match="expert ids"):
-        fn(x, expert + 4, gate, params)
-    with pytest.raises(TypeError, match="keep_TK"):
-        fn(x, expert, gate, params, torch.ones(4, 2))
-    with pytest.raises(TypeError, match="float64"):
-        fn(x.double(), expert, gate, params)
+def test_sort_slots_checks_the_expert_ids():
+    _, expert, _, _ = make_experts_inputs(4, 8, 12, 4, 2, torch.float32, "swiglu")
     with pytest.raises(ValueError, match="expert ids"):
         sort_slots(expert, None, n_experts=2)

@@ -14,14 +14,8 @@ from functools import partial
 import pytest
 import torch
 
-from minimoe import (
-    ExpertParams,
-    einsum_moe,
-    grouped_mm_moe,
-    loop_moe,
-    padded_bmm_moe,
-    reference_moe,
-)
+from minimoe import ExpertParams, reference_moe
+from minimoe.impls import IMPLEMENTATIONS
 from minimoe.testing import assert_close, make_experts_inputs, outputs_and_grads
 
 T, D, F, E, K = 5, 12, 20, 3, 2
@@ -40,11 +34,7 @@ def _triton_impls():
 
 
 IMPLS = [
-    pytest.param(reference_moe, id="reference"),
-    pytest.param(loop_moe, id="loop"),
-    pytest.param(einsum_moe, id="einsum"),
-    pytest.param(padded_bmm_moe, id="padded_bmm"),
-    pytest.param(grouped_mm_moe, id="grouped_mm"),
+    *(pytest.param(impl.fn, id=name) for name, impl in IMPLEMENTATIONS.items() if not impl.needs),
     *_triton_impls(),
 ]
 

@@ -2,11 +2,8 @@
 
 | impl            | what                                                                          |
 |-----------------|-------------------------------------------------------------------------------|
-| loop            | `minimoe.loop_moe`: a Python loop over experts                                  |
-| einsum          | `minimoe.einsum_moe`: one-hot (T, E, C) dispatch and combine (GShard)          |
-| padded_bmm      | `minimoe.padded_bmm_moe`: sort, then a zero-padded (E, max_count, D) bmm       |
-| grouped_mm      | `minimoe.grouped_mm_moe`: sort, then a grouped matmul over the sorted rows     |
-| triton          | `minimoe.triton.triton_moe`, default tiles, when a GPU is present              |
+| loop, einsum, padded_bmm, grouped_mm | every entry of `minimoe.impls.IMPLEMENTATIONS` that runs at full size on a CPU |
+| triton          | `minimoe.triton.triton_moe` (the registry's "triton"), default tiles, on a GPU |
 | triton-tuned    | the same with `minimoe.triton.tuned_config` (tiles by shape and T)             |
 | hf-eager        | HF transformers `MixtralExperts`, `experts_implementation="eager"`             |
 | hf-batched_mm   | the same module with "batched_mm" (gathers one weight matrix per slot)         |
@@ -26,6 +23,7 @@ experts get most tokens.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +31,12 @@ from dataclasses import dataclass
 import torch
 
 import minimoe
+from minimoe.impls import IMPLEMENTATIONS
 
 ZIPF_EXPONENT = 1.2
-MINIMOE_VECTORISED = ("einsum", "padded_bmm", "grouped_mm", "triton", "triton-tuned")
+# the registry's implementations at full size on a CPU (the float64 oracle is not timed)
+MINIMOE_CPU = tuple(name for name, impl in IMPLEMENTATIONS.items() if impl.cpu_speed)
+MINIMOE_VECTORISED = (*(n for n in MINIMOE_CPU if n != "loop"), "triton", "triton-tuned")
 HF_IMPLS = ("hf-eager", "hf-batched_mm", "hf-grouped_mm")
 
 
@@ -109,14 +110,6 @@ def _dense(D: int, F: int, K: int, device, dtype) -> Callable:
     return lambda x, e, g: minimoe.ffn(x, w1, w2, w3, "swiglu")
 
 
-def _triton() -> Callable | None:
-    try:
-        from minimoe import triton as mt  # the Triton chapter's kernels, when present
-    except ImportError:
-        return None
-    return getattr(mt, "triton_moe", None)
-
-
 def _triton_tuned(params: minimoe.ExpertParams, K: int) -> Callable:
     """triton_moe with the tuned tiles for this shape and the call's T."""
     from minimoe.triton import triton_moe, tuned_config
@@ -141,21 +134,19 @@ def build_impls(
         return lambda x, e, g: f(x, e, g, params)
 
     impls = {
-        "loop": Impl("loop", ours(minimoe.loop_moe), "loop"),
-        "einsum": Impl("einsum", ours(minimoe.einsum_moe), "einsum"),
-        "padded_bmm": Impl("padded_bmm", ours(minimoe.padded_bmm_moe), "padded_bmm"),
-        "grouped_mm": Impl("grouped_mm", ours(minimoe.grouped_mm_moe), "grouped_mm"),
+        name: Impl(name, ours(IMPLEMENTATIONS[name].fn), IMPLEMENTATIONS[name].cost_model)
+        for name in MINIMOE_CPU
     }
     left_out = {}
-    triton_fn = _triton()
-    if triton_fn is None:
-        left_out["triton"] = left_out["triton-tuned"] = "minimoe.triton is not installed"
+    triton = IMPLEMENTATIONS["triton"]
+    if importlib.util.find_spec(triton.needs) is None:
+        left_out["triton"] = left_out["triton-tuned"] = f"{triton.needs} is not installed"
     elif device.type != "cuda":
         why = "GPU only (the CPU interpreter is for tiny shapes)"
         left_out["triton"] = left_out["triton-tuned"] = why
     else:
-        impls["triton"] = Impl("triton", ours(triton_fn), "grouped_mm")
-        impls["triton-tuned"] = Impl("triton-tuned", _triton_tuned(params, K), "grouped_mm")
+        impls["triton"] = Impl("triton", ours(triton.fn), triton.cost_model)
+        impls["triton-tuned"] = Impl("triton-tuned", _triton_tuned(params, K), triton.cost_model)
     try:
         for name, backend, model in [
             ("hf-eager", "eager", "loop"),

@@ -39,32 +39,19 @@ from minimoe.config import (
     NOISES,
     MoEConfig,
 )
-from minimoe.einsum import einsum_moe
 from minimoe.experts import ExpertsFn, ffn
+from minimoe.impls import IMPLEMENTATIONS
 from minimoe.layer import MoELayer, MoEResult
 from minimoe.loop import loop_moe
-from minimoe.sorted import grouped_mm_moe, padded_bmm_moe
 
-
-def triton_experts(x_TD, expert_TK, gate_TK, params, keep_TK=None):
-    """`minimoe.triton.triton_moe`, imported on first use: Triton is optional, and needs a CUDA GPU
-    (or, on a CPU, TRITON_INTERPRET=1 set before the first call: correct but far too slow to train)."""
-    from minimoe.triton import triton_moe
-
-    return triton_moe(x_TD, expert_TK, gate_TK, params, keep_TK)
-
-
-# The experts implementations by name. The default is the loop over experts: one training step
-# (forward, backward, AdamW) of the default model, 2 blocks, D = F = 64, E = 8, K = 2, on
+# The experts implementations the command line offers: every registered one but the float64
+# oracle (`minimoe.impls`; "triton" imports Triton on its first call). The default is the loop
+# over experts: one training step (forward, backward, AdamW) of the default model, 2 blocks, D = F = 64, E = 8, K = 2, on
 # 32 x 128 bytes and one CPU thread took 70 ms with it, 76 ms with grouped_mm and 57 ms for the
 # dense twin (best of 6; torch 2.13). At these sizes the per-expert matmuls are too small for
 # the sort and the grouped kernel to pay off.
 EXPERTS_IMPLS: dict[str, ExpertsFn] = {
-    "loop": loop_moe,
-    "grouped_mm": grouped_mm_moe,
-    "padded_bmm": padded_bmm_moe,
-    "einsum": einsum_moe,
-    "triton": triton_experts,
+    name: impl.fn for name, impl in IMPLEMENTATIONS.items() if name != "reference"
 }
 DEFAULT_EXPERTS_IMPL = "loop"
 
