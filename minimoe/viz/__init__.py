@@ -15,7 +15,10 @@ returning a widget whose `.controls` can be set from Python and whose `.figures`
     capacity_explorer()         # capacity factor, formula, drop policy, renormalise, batch
     token_colouring(tokens, expert_T, n_experts)   # text coloured by expert (HTML)
     collapse_explorer()         # the collapse lab: remedy and strength, load over training
+    params_explorer()           # total vs active parameters of published MoE configurations
     load_animation(load_SE)     # per-expert load over training steps, animated
+
+and `plot_moe_block()` (`minimoe.viz.diagrams`), the picture of a dense block against an MoE one.
 
 Every number shown is computed by the library (`minimoe.route`, `minimoe.Router`,
 `minimoe.assign_slots`, `minimoe.expert_capacity`, `minimoe.routing_stats`); these modules only
@@ -26,6 +29,8 @@ scheme). How fast the explorers respond: `python -m minimoe.bench.widgets`.
 from minimoe.viz._widgets import expert_colour, expert_colours, text_colour
 from minimoe.viz.batches import routing_batch, token_batch
 from minimoe.viz.capacity_explorer import CapacityExplorer, capacity_explorer
+from minimoe.viz.diagrams import plot_moe_block
+from minimoe.viz.params_explorer import ParamsExplorer, params_explorer
 from minimoe.viz.routing_explorer import RoutingExplorer, routing_explorer
 from minimoe.viz.slots import plot_drop_policies
 from minimoe.viz.static import (
@@ -40,16 +45,19 @@ from minimoe.viz.training import CollapseExplorer, collapse_explorer, load_anima
 __all__ = [
     "CapacityExplorer",
     "CollapseExplorer",
+    "ParamsExplorer",
     "RoutingExplorer",
     "capacity_explorer",
     "collapse_explorer",
     "expert_colour",
     "expert_colours",
     "load_animation",
+    "params_explorer",
     "plot_drop_policies",
     "plot_drop_rate_vs_capacity",
     "plot_expert_load",
     "plot_load_over_steps",
+    "plot_moe_block",
     "plot_routing_heatmap",
     "routing_batch",
     "routing_explorer",
