@@ -45,7 +45,15 @@ from typing import Any
 EVIDENCE = "minimoe-grade {nonce} {exercise} passed"
 CHECK_MODULES = re.compile(r"^minimoe\.(checks(\..*)?|testing)$")
 # event callbacks registered by these packages are part of a normal kernel (inline plots, widgets)
-TRUSTED_CALLBACKS = ("IPython.", "ipykernel.", "matplotlib", "matplotlib_inline.", "ipywidgets.")
+TRUSTED_CALLBACKS = (
+    "IPython.",
+    "ipykernel.",
+    "matplotlib",
+    "ipympl.",
+    "ipywidgets.",
+    "plotly.",
+    "tqdm.",
+)
 # builtins that ipykernel rebinds on every execution, or that are per-cell output history
 VOLATILE_BUILTINS = {"input", "raw_input", "getpass", "_", "__", "___"}
 # minimoe modules whose globals change while they work (caches filled on first use)
