@@ -1,8 +1,10 @@
 """The Triton kernels against the float64 oracle: outputs and every gradient, on awkward shapes.
 
 Without a CUDA GPU the kernels run in Triton's CPU interpreter, which must be switched on before
-they are defined: the root conftest.py sets TRITON_INTERPRET=1 for the whole test run. Every case draws fresh inputs (its own seed) and runs with every buffer poisoned
-(NaN) first, so an element no kernel wrote fails the comparison.
+they are defined: the root conftest.py sets TRITON_INTERPRET=1 for the whole test run. Every case
+draws fresh inputs (its own seed) and runs with every buffer poisoned (NaN) first, so an element no
+kernel wrote fails the comparison: torch's `fill_uninitialized_memory` (on with deterministic
+algorithms) fills every `torch.empty` float tensor the launchers allocate with NaN.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from minimoe.testing import (  # noqa: E402
     make_experts_inputs,
     outputs_and_grads,
 )
-from minimoe.triton import ops  # noqa: E402
-from minimoe.triton.align import align_slots  # noqa: E402
+from minimoe.triton import common  # noqa: E402
+from minimoe.triton.v2_grouped_gemm import align_slots, grouped_gemm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERP = DEVICE == "cpu"
@@ -35,8 +37,17 @@ FP16_TOL = dict(atol=2e-2, rtol=2e-2)
 
 @pytest.fixture(autouse=True)
 def _poisoned():
-    with ops.poison_buffers():
+    """Every buffer torch.empty allocates starts as NaN (integers as their largest value)."""
+    was_on, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()  # fmt: skip
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    assert torch.isnan(torch.empty(2)).all()
+    try:
         yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
 
 
 def _seed(name: str) -> int:
@@ -147,8 +158,8 @@ def test_poisoning_catches_a_skipped_block():
     cfg = mt.KernelConfig(16, 16, 16)
     layout = align_slots(e, None, 2, cfg.block_m)
     short = layout._replace(n_padded=layout.n_padded - cfg.block_m)  # the last block skipped
-    out = ops.empty((16, 16), x.dtype, x.device)
-    ops.grouped_gemm(x, p.w1_EFD, out, short, cfg, a_row_div=2)
+    out = torch.empty((16, 16), dtype=x.dtype, device=x.device)  # NaN: the fixture poisons it
+    grouped_gemm(x, p.w1_EFD, out, short, cfg, a_row_div=2)
     want = torch.stack([x[n // 2] @ p.w1_EFD[e.view(-1)[n]].t() for n in range(16)])
     with pytest.raises(AssertionError, match="NaN"):
         assert_close(out, want, name="out")
@@ -221,9 +232,7 @@ def test_clear_errors(monkeypatch):
         bf = p._replace(w1_EFD=p.w1_EFD.bfloat16(), w2_EDF=p.w2_EDF.bfloat16(), w3_EFD=p.w3_EFD.bfloat16())  # fmt: skip
         with pytest.raises(TypeError, match="the interpreter has no bfloat16"):
             mt.triton_moe(x.bfloat16(), e, g.bfloat16(), bf)
-        from minimoe.triton import kernels
-
-        monkeypatch.setattr(kernels, "INTERPRETED", False)
+        monkeypatch.setattr(common, "INTERPRETED", False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 .* before the kernels"):
             mt.triton_moe(x, e, g, p)
     monkeypatch.setattr(sys, "platform", "darwin")
@@ -252,6 +261,38 @@ def test_ladder_command_runs_each_version(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all("vs the float64 oracle" in line for line in lines)
     assert all(float(line.split("max abs diff ")[1].split()[0]) < 1e-4 for line in lines)
+
+
+def test_each_rung_runs_as_a_module_and_the_package_loads_names_on_use():
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minimoe.triton.v2_grouped_gemm", "--T", "3", "--D", "16"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("version 2 on") and "Warning" not in proc.stderr, proc.stderr
+    code = (
+        "import sys, minimoe.triton as mt\n"
+        "assert 'triton' not in sys.modules, 'importing the package imported triton'\n"
+        "assert not [m for m in sys.modules if m.startswith('minimoe.triton.v')]\n"
+        "assert mt.KernelConfig and 'triton' not in sys.modules  # the config needs no Triton\n"
+        "assert callable(mt.triton_moe) and 'minimoe.triton.v4_backward' in sys.modules\n"
+        "assert mt.kernels.fused_up_kernel is sys.modules['minimoe.triton.v3_fused_experts'].fused_up_kernel\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'ops'"):
+        mt.ops  # noqa: B018
+
+
+def test_ladder_command_fails_on_a_wrong_result(capsys):
+    from minimoe.triton.common import ladder_inputs, validate_then_time
+
+    args, (x, *_) = ladder_inputs(1, ["--T", "2", "--D", "16"])
+    assert validate_then_time(1, args, lambda: [x], [x.double()]) == 0
+    assert validate_then_time(1, args, lambda: [x + 1e-3], [x.double()]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "FAILED" not in out[0] and "FAILED" in out[1] and "result 0" in out[1]
 
 
 def test_configs():
