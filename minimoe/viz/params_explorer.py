@@ -47,6 +47,11 @@ def split_params(config: dict) -> dict[str, int]:
             "experts_active": per_expert * K, "shared": total - experts_total}  # fmt: skip
 
 
+def _short(n: int) -> str:
+    """1.28B, 477M: the label inside a bar."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
 def _billions(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n < 1e10 else f"{n / 1e9:.1f}B"
 
@@ -75,8 +80,7 @@ class ParamsExplorer(Explorer):
                                                description="expert size F ×", **layout),
         }  # fmt: skip
         bars = [go.Bar(y=["active per token", "total stored"], x=[0, 0], orientation="h",
-                       name=name, marker_color=colour, texttemplate="%{x:.3s}",
-                       textposition="inside", insidetextanchor="middle",
+                       name=name, marker_color=colour, textposition="inside", insidetextanchor="middle", textangle=0,
                        hovertemplate=name + ": %{x:,}<extra></extra>")
                 for name, colour in (("experts", expert_colour(0)),
                                      ("shared: embeddings, attention, norms, routers",
@@ -85,7 +89,8 @@ class ParamsExplorer(Explorer):
             data=bars,
             layout=dict(barmode="stack", template="plotly_white", height=260,
                         margin={"l": 130, "r": 30, "t": 40, "b": 40},
-                        xaxis_title="parameters", legend={"orientation": "h", "y": -0.35},
+                        xaxis_title="parameters", legend={"orientation": "h", "y": -0.35,
+                                                                 "traceorder": "normal"},
                         modebar_orientation="v"),
         )  # fmt: skip
         self.summary = widgets.HTML()
@@ -131,6 +136,8 @@ class ParamsExplorer(Explorer):
         with fig.batch_update():
             fig.data[0].x = [c["experts_active"], c["experts_total"]]
             fig.data[1].x = [c["shared"], c["shared"]]
+            fig.data[0].text = [_short(c["experts_active"]), _short(c["experts_total"])]
+            fig.data[1].text = [_short(c["shared"])] * 2
             fig.layout.title = (f"{model} with E = {E}, K = {top_k.value}, F = {F}: "
                                 f"{c['active'] / c['total']:.0%} of the weights run per token")  # fmt: skip
         published = count_decoder_params(**base)
