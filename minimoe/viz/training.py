@@ -90,7 +90,7 @@ def load_animation(
                       "buttons": [{"label": "▶ play", "method": "animate", "args": [None, play]},
                                   {"label": "❚❚ pause", "method": "animate",
                                    "args": [[None], pause]}]}],
-        sliders=[{"active": 0, "x": 0.18, "y": -0.12, "len": 0.82,
+        sliders=[{"active": 0, "x": 0.26, "y": -0.12, "len": 0.74,
                   "currentvalue": {"prefix": "step "},
                   "steps": [{"label": str(s), "method": "animate",
                              "args": [[str(s)], {**pause, "frame": {"duration": 0,
