@@ -7,6 +7,25 @@ The public API (frozen; later chapters import it):
     cfg = MoEConfig(d_model=64, d_ff=128, n_experts=8, top_k=2)
     layer = MoELayer(cfg, experts_fn=loop_moe)
     y, result = layer(x)              # result.aux_loss, result.z_loss, result.stats, ...
+
+The experts implementation is an argument; `minimoe.impls.IMPLEMENTATIONS` names them all
+(reference, loop, einsum, padded_bmm, grouped_mm, triton).
+
+Shape letters. A tensor's name ends in its shape, one capital per dimension in order (`x_TD` is
+[T, D], `w1_EFD` is [E, F, D]); einsum strings use the same letters. Each means one thing:
+
+    B  batch (sequences per batch)                 S  sequence length (tokens per sequence)
+    T  tokens in the routing group, T = B * S      D  model dimension (d_model)
+    F  expert hidden dimension (d_ff)              E  experts
+    K  experts per token (top-k)                   N  routed slots, N = T * K
+    R  kept slots, R <= N (rows of a gathered      C  expert capacity (slots per expert per
+       or sorted buffer; rows of a plain FFN)         routing group)
+    L  layers                                      V  vocabulary size
+
+Where one function serves several weights, I and O are a weight's input and output features
+(`w_EOI`). Local letters are defined where they are used: G, the expert groups of group-limited
+routing; P, the padded rows of the Triton index lists. docs/glossary.md has the same table with
+examples, and the words (slot, drop, capacity, ...).
 """
 
 from minimoe.accounting import MoECost, moe_cost

@@ -4,17 +4,17 @@ A simple, explicit model (count it by hand and you get the same numbers):
 
 - A matmul of an (R, I) by an (I, O) matrix costs 2*R*I*O FLOPs (a multiply and an add).
 - An expert FFN has `n_mats` = 3 matmuls of D x F ("swiglu": gate, up, down) or 2 ("gelu").
-- **Useful FLOPs** are the FFN matmuls on the routed slots: 2 * N * D * F * n_mats, N = T*K
-  (with a capacity, at most E*C slots survive: N = min(T*K, E*C)).
+- **Useful FLOPs** are the FFN matmuls on the kept slots: 2 * R * D * F * n_mats, R = N = T*K
+  (with a capacity, at most E*C slots survive: R = min(T*K, E*C)).
 - **Executed FLOPs** are what the implementation actually multiplies: the padded rows of the
   (E, C, D) buffers count, and so do the one-hot dispatch and combine contractions of the einsum
   (2*T*E*C*D each, mostly multiplications by zero). Elementwise work (activation, gate scaling)
-  is left out of both: it is O(N*F), small beside the matmuls.
+  is left out of both: it is O(R*F), small beside the matmuls.
 - **Bytes moved** count each tensor once when written and once when read, at `dtype_bytes`
   per element: the expert weights read once
   (only the experts that can receive a slot for the loop and the grouped matmul), the
   activations through dispatch, FFN and combine, and the (T, E, C) tensors of the einsum.
-  Index tensors (sort order, offsets) are O(N) integers and left out.
+  Index tensors (sort order, offsets) are O(R) integers and left out.
 
 Where an implementation's cost depends on the routing (the padded length is the largest load),
 the model assumes a perfectly balanced routing: C = ceil(T*K / E) unless `capacity` is given.
@@ -126,23 +126,23 @@ def moe_cost(
         raise ValueError(f"capacity must be >= 0 or None, got {capacity}")
     b, n_mats = dtype_bytes, n_matrices(activation)
     C = math.ceil(T * K / E) if capacity is None else capacity
-    N = T * K if capacity is None else min(T * K, E * C)
-    useful = 2 * N * D * F * n_mats
+    R = T * K if capacity is None else min(T * K, E * C)  # the kept slots
+    useful = 2 * R * D * F * n_mats
     expert_weights = n_mats * D * F  # elements of one expert
     if model == "dense":
         flops = 2 * T * D * (K * F) * n_mats
         act = _ffn_activation_bytes(T, D, K * F, n_mats)
         return MoECost(impl, flops, flops, K * expert_weights * b, act * b, 0, None)
     if model in ("loop", "grouped_mm"):
-        # gather N rows (read + write), the FFN on N rows, gather back + weighted sum into T rows
-        act = 2 * N * D + _ffn_activation_bytes(N, D, F, n_mats) + N * D + T * D
-        weights = min(E, N) * expert_weights  # an expert without slots is never read
+        # gather R rows (read + write), the FFN on R rows, gather back + weighted sum into T rows
+        act = 2 * R * D + _ffn_activation_bytes(R, D, F, n_mats) + R * D + T * D
+        weights = min(E, R) * expert_weights  # an expert without slots is never read
         return MoECost(impl, useful, useful, weights * b, act * b, 0, None)
     executed = 2 * E * C * D * F * n_mats  # the FFN over every padded row
     ffn_act = _ffn_activation_bytes(E * C, D, F, n_mats)
     if model == "padded_bmm":
-        # gather N rows, write them into the zeroed (E, C, D) buffer, gather N rows back, combine
-        act = 2 * N * D + E * C * D + ffn_act + N * D + N * D + T * D
+        # gather R rows, write them into the zeroed (E, C, D) buffer, gather R rows back, combine
+        act = 2 * R * D + E * C * D + ffn_act + R * D + R * D + T * D
         return MoECost(impl, useful, executed, E * expert_weights * b, act * b, 0, C)
     # einsum: dispatch "TEC,TD->ECD" and combine "TEC,ECD->TD" are dense contractions
     executed += 2 * (2 * T * E * C * D)

@@ -183,9 +183,9 @@ def _assign_slots(
     bucket_N = (group_TK * n_experts + expert_TK.long()).reshape(-1)[order_N]
     sorted_bucket_N, by_bucket_N = torch.sort(bucket_N, stable=True)
     n_buckets = (T // group_size) * n_experts
-    counts_B = torch.bincount(sorted_bucket_N, minlength=n_buckets)
-    starts_B = torch.cumsum(counts_B, 0) - counts_B
-    rank_sorted_N = torch.arange(T * K, device=expert_TK.device) - starts_B[sorted_bucket_N]
+    bucket_counts = torch.bincount(sorted_bucket_N, minlength=n_buckets)
+    bucket_starts = torch.cumsum(bucket_counts, 0) - bucket_counts
+    rank_sorted_N = torch.arange(T * K, device=expert_TK.device) - bucket_starts[sorted_bucket_N]
     rank_N = torch.empty_like(rank_sorted_N)
     rank_N[order_N[by_bucket_N]] = rank_sorted_N
     rank_TK = rank_N.view(T, K)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import einsum
 
 from minimoe.capacity import assign_slots
 from minimoe.experts import ExpertParams, activate, validate_experts_inputs
@@ -96,8 +97,8 @@ def dispatch_combine_tensors(
             keep_TK = torch.ones_like(expert_TK, dtype=torch.bool)
         if position_TK is None:
             position_TK = _positions_in_token_order(expert_TK, keep_TK, n_experts)
-        kept_pos_N = position_TK[keep_TK]
-        if kept_pos_N.numel() and (int(kept_pos_N.min()) < 0 or int(kept_pos_N.max()) >= capacity):
+        kept_pos_R = position_TK[keep_TK]
+        if kept_pos_R.numel() and (int(kept_pos_R.min()) < 0 or int(kept_pos_R.max()) >= capacity):
             raise ValueError(
                 f"a kept slot has a position outside [0, C={capacity}): more than C kept slots"
             )
@@ -120,14 +121,17 @@ def _dispatch_combine(
     if capacity is not None:
         C = capacity
     else:
-        kept_pos_N = position_TK[keep_TK]
-        C = int(kept_pos_N.max()) + 1 if kept_pos_N.numel() else 0
+        kept_pos_R = position_TK[keep_TK]
+        C = int(kept_pos_R.max()) + 1 if kept_pos_R.numel() else 0
     onehot_TKE = F.one_hot(expert_TK.long(), n_experts).to(gate_TK.dtype)
     # a dropped slot gets the position C, one past the end, and is cut off by [..., :C]
     pos_TK = torch.where(keep_TK, position_TK, torch.full_like(position_TK, C))
     onehot_TKC = F.one_hot(pos_TK.long(), C + 1)[..., :C].to(gate_TK.dtype)
-    combine_TEC = torch.einsum("tk,tke,tkc->tec", gate_TK, onehot_TKE, onehot_TKC)
-    dispatch_TEC = torch.einsum("tke,tkc->tec", onehot_TKE, onehot_TKC).bool()
+    # a slot (token, choice) lands at (expert, position): sum over the K choices of each token
+    combine_TEC = einsum(gate_TK, onehot_TKE, onehot_TKC,
+                         "token choice, token choice expert, token choice slot -> token expert slot")  # fmt: skip
+    dispatch_TEC = einsum(onehot_TKE, onehot_TKC,
+                          "token choice expert, token choice slot -> token expert slot").bool()  # fmt: skip
     return dispatch_TEC, combine_TEC
 
 

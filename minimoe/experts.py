@@ -70,17 +70,17 @@ class ExpertsFn(Protocol):
 
 
 def ffn(
-    x_ND: torch.Tensor,
+    x_RD: torch.Tensor,
     w1_FD: torch.Tensor,
     w2_DF: torch.Tensor,
     w3_FD: torch.Tensor | None,
     activation: str,
 ) -> torch.Tensor:
-    """One expert (or a dense FFN) applied to N rows: (N, D) -> (N, D)."""
+    """One expert (or a dense FFN) applied to R rows: (R, D) -> (R, D)."""
     check_choice("activation", activation, ACTIVATIONS)
-    h_NF = x_ND @ w1_FD.t()
-    u_NF = x_ND @ w3_FD.t() if activation == "swiglu" else None
-    return activate(h_NF, u_NF, activation) @ w2_DF.t()
+    h_RF = x_RD @ w1_FD.t()
+    u_RF = x_RD @ w3_FD.t() if activation == "swiglu" else None
+    return activate(h_RF, u_RF, activation) @ w2_DF.t()
 
 
 def n_matrices(activation: str) -> int:
@@ -89,24 +89,24 @@ def n_matrices(activation: str) -> int:
     return 3 if activation == "swiglu" else 2
 
 
-def expert_ffn(x_ND: torch.Tensor, params: ExpertParams, e: int) -> torch.Tensor:
-    """Expert e of `params` applied to N rows: (N, D) -> (N, D)."""
+def expert_ffn(x_RD: torch.Tensor, params: ExpertParams, e: int) -> torch.Tensor:
+    """Expert e of `params` applied to R rows: (R, D) -> (R, D)."""
     check_int("expert e", e, low=0, high=params.n_experts - 1)
     w3_FD = None if params.w3_EFD is None else params.w3_EFD[e]
-    return ffn(x_ND, params.w1_EFD[e], params.w2_EDF[e], w3_FD, params.activation)
+    return ffn(x_RD, params.w1_EFD[e], params.w2_EDF[e], w3_FD, params.activation)
 
 
-def activate(h_NF: torch.Tensor, u_NF: torch.Tensor | None, activation: str) -> torch.Tensor:
+def activate(h_RF: torch.Tensor, u_RF: torch.Tensor | None, activation: str) -> torch.Tensor:
     """The expert's nonlinearity on the first projection h (and the up projection u for SwiGLU).
 
     "gelu" is the exact (erf) GELU, torch's default; "relu" is HF SwitchTransformers' default
     (`dense_act_fn="relu"`, T5's FFN); "swiglu" is Mixtral's silu(h) * u.
     """
     if activation == "swiglu":
-        return F.silu(h_NF) * u_NF
+        return F.silu(h_RF) * u_RF
     if activation == "relu":
-        return F.relu(h_NF)
-    return F.gelu(h_NF)
+        return F.relu(h_RF)
+    return F.gelu(h_RF)
 
 
 def zero_with_graph(

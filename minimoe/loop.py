@@ -30,10 +30,10 @@ def loop_moe(
     y_TD = zero_with_graph(x_TD, gate_TK, params)
     routed_TK = torch.ones_like(expert_TK, dtype=torch.bool) if keep_TK is None else keep_TK
     for e in range(params.n_experts):
-        token_N, k_N = torch.nonzero((expert_TK == e) & routed_TK, as_tuple=True)
-        if token_N.numel() == 0:
+        token_R, k_R = torch.nonzero((expert_TK == e) & routed_TK, as_tuple=True)
+        if token_R.numel() == 0:
             continue  # an expert with no tokens costs nothing
-        h_ND = expert_ffn(x_TD[token_N], params, e)
+        h_RD = expert_ffn(x_TD[token_R], params, e)
         # in place: an out-of-place index_add would copy all of y_TD once per expert
-        y_TD.index_add_(0, token_N, h_ND * gate_TK[token_N, k_N, None].to(h_ND.dtype))
+        y_TD.index_add_(0, token_R, h_RD * gate_TK[token_R, k_R, None].to(h_RD.dtype))
     return y_TD

@@ -7,9 +7,9 @@ offsets[e-1]:offsets[e] of the sorted tokens, and nothing is padded or dropped. 
 MegaBlocks idea (Gale et al., arXiv 2211.15841, "dropless MoE"), written with a grouped matmul as
 torchtitan and HF transformers v5 (`grouped_mm` experts) do.
 
-    1. sort_slots:  order_N (which slot goes where), counts_E, offsets_E (int32 cumulative ends),
+    1. sort_slots:  order_R (which slot goes where), counts_E, offsets_E (int32 cumulative ends),
                     inverse_N (where each slot went: the inverse permutation)
-    2. gather:      x_ND = x_TD[token of order_N]
+    2. gather:      x_RD = x_TD[token of order_R]   (R: the kept slots, R <= N = T*K)
     3. experts:     (a) `padded_bmm_moe`: scatter the runs into a zero-padded (E, max_count, D)
                         buffer and use one batched matmul;
                     (b) `grouped_mm_moe`: one grouped matmul over the sorted rows, no padding.
@@ -64,11 +64,11 @@ def sort_slots(
         n_experts: E.
 
     Returns:
-        order_N: int64 (N,), the flat slot ids in sorted order (N = number of kept slots).
+        order_R: int64 (R,), the flat slot ids in sorted order (R = number of kept slots).
         counts_E: int64 (E,), kept slots per expert.
         offsets_E: int32 (E,), cumulative ends: expert e owns sorted rows
             offsets_E[e] - counts_E[e] .. offsets_E[e] (the `offs` of a grouped matmul).
-        inverse_N: int64 (T*K,), the sorted row of each slot: inverse_N[order_N] == arange(N);
+        inverse_N: int64 (T*K,), the sorted row of each slot: inverse_N[order_R] == arange(R);
             -1 for a dropped slot.
     """
     check_index_tensor("expert_TK", expert_TK, dim=2)
@@ -83,30 +83,30 @@ def _sort_slots(
     expert_TK: torch.Tensor, keep_TK: torch.Tensor | None, n_experts: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`sort_slots` without the input checks, for callers that validated their inputs already."""
-    expert_S = expert_TK.reshape(-1).long()
+    expert_N = expert_TK.reshape(-1).long()
     if keep_TK is None:
-        sorted_expert_N, order_N = torch.sort(expert_S, stable=True)
+        sorted_expert_R, order_R = torch.sort(expert_N, stable=True)
     else:
-        kept_N = torch.nonzero(keep_TK.reshape(-1)).squeeze(1)
-        sorted_expert_N, by_expert_N = torch.sort(expert_S[kept_N], stable=True)
-        order_N = kept_N[by_expert_N]
-    counts_E = torch.bincount(sorted_expert_N, minlength=n_experts)
+        kept_R = torch.nonzero(keep_TK.reshape(-1)).squeeze(1)
+        sorted_expert_R, by_expert_R = torch.sort(expert_N[kept_R], stable=True)
+        order_R = kept_R[by_expert_R]
+    counts_E = torch.bincount(sorted_expert_R, minlength=n_experts)
     offsets_E = torch.cumsum(counts_E, 0).to(torch.int32)
-    inverse_N = torch.full_like(expert_S, -1)
-    inverse_N[order_N] = torch.arange(order_N.numel(), device=expert_S.device)
-    return order_N, counts_E, offsets_E, inverse_N
+    inverse_N = torch.full_like(expert_N, -1)
+    inverse_N[order_R] = torch.arange(order_R.numel(), device=expert_N.device)
+    return order_R, counts_E, offsets_E, inverse_N
 
 
 def _combine(
-    y_ND: torch.Tensor, inverse_N: torch.Tensor, gate_TK: torch.Tensor, T: int, K: int
+    y_RD: torch.Tensor, inverse_N: torch.Tensor, gate_TK: torch.Tensor, T: int, K: int
 ) -> torch.Tensor:
-    """y_TD = sum_k gate[t, k] * y_ND[inverse[t, k]], a dropped slot (-1) reading a zero row."""
-    D = y_ND.shape[1]
+    """y_TD = sum_k gate[t, k] * y_RD[inverse[t, k]], a dropped slot (-1) reading a zero row."""
+    D = y_RD.shape[1]
     if bool((inverse_N < 0).any()):
-        y_ND = torch.cat([y_ND, y_ND.new_zeros(1, D)])  # row N: the zero row of dropped slots
-        inverse_N = torch.where(inverse_N < 0, y_ND.shape[0] - 1, inverse_N)
-    y_TKD = y_ND[inverse_N].view(T, K, D)
-    gate_T1K = gate_TK.to(y_ND.dtype).unsqueeze(1)
+        y_RD = torch.cat([y_RD, y_RD.new_zeros(1, D)])  # row R: the zero row of dropped slots
+        inverse_N = torch.where(inverse_N < 0, y_RD.shape[0] - 1, inverse_N)
+    y_TKD = y_RD[inverse_N].view(T, K, D)
+    gate_T1K = gate_TK.to(y_RD.dtype).unsqueeze(1)
     return torch.bmm(gate_T1K, y_TKD).squeeze(1)  # (T, 1, K) @ (T, K, D): a fixed-order sum over K
 
 
@@ -128,39 +128,39 @@ def padded_bmm_moe(
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
     T, K = expert_TK.shape
     E, D = params.n_experts, x_TD.shape[1]
-    order_N, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
-    N = order_N.numel()
-    expert_N = torch.repeat_interleave(torch.arange(E, device=x_TD.device), counts_E)
-    row_N = torch.arange(N, device=x_TD.device) - (offsets_E.long() - counts_E)[expert_N]
+    order_R, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
+    R = order_R.numel()
+    expert_R = torch.repeat_interleave(torch.arange(E, device=x_TD.device), counts_E)
+    row_R = torch.arange(R, device=x_TD.device) - (offsets_E.long() - counts_E)[expert_R]
     C = int(counts_E.max())  # the longest run sets the padded length
-    flat_N = expert_N * C + row_N  # each sorted row's place in the flattened (E * C) buffer
-    x_ND = x_TD[order_N // K]
-    x_ECD = x_ND.new_zeros(E * C, D).index_copy(0, flat_N, x_ND).view(E, C, D)
+    flat_R = expert_R * C + row_R  # each sorted row's place in the flattened (E * C) buffer
+    x_RD = x_TD[order_R // K]
+    x_ECD = x_RD.new_zeros(E * C, D).index_copy(0, flat_R, x_RD).view(E, C, D)
     h_ECF = torch.bmm(x_ECD, params.w1_EFD.transpose(1, 2))
     u_ECF = None if params.w3_EFD is None else torch.bmm(x_ECD, params.w3_EFD.transpose(1, 2))
     y_ECD = torch.bmm(activate(h_ECF, u_ECF, params.activation), params.w2_EDF.transpose(1, 2))
-    y_ND = y_ECD.reshape(E * C, D)[flat_N]
-    return _combine(y_ND, inverse_N, gate_TK, T, K)
+    y_RD = y_ECD.reshape(E * C, D)[flat_R]
+    return _combine(y_RD, inverse_N, gate_TK, T, K)
 
 
-def loop_grouped_mm(a_ND: torch.Tensor, b_EIO: torch.Tensor, counts_E: list[int]) -> torch.Tensor:
+def loop_grouped_mm(a_RI: torch.Tensor, b_EIO: torch.Tensor, counts_E: list[int]) -> torch.Tensor:
     """The fallback grouped matmul: one matmul per expert over its contiguous slice of rows.
 
     Args:
-        a_ND: sorted rows (N, I).
+        a_RI: sorted rows (R, I).
         b_EIO: one (I, O) matrix per expert.
         counts_E: rows per expert (a Python list, so the loop needs no device sync).
 
     Returns:
-        (N, O): row n multiplied by the matrix of the expert that owns it.
+        (R, O): row r multiplied by the matrix of the expert that owns it.
     """
     outs, start = [], 0
     for e, n in enumerate(counts_E):
         if n:
-            outs.append(a_ND[start : start + n] @ b_EIO[e])
+            outs.append(a_RI[start : start + n] @ b_EIO[e])
             start += n
     if not outs:
-        return a_ND @ b_EIO[0]  # no rows: an empty (0, O) result, still in the graph
+        return a_RI @ b_EIO[0]  # no rows: an empty (0, O) result, still in the graph
     return torch.cat(outs)
 
 
@@ -220,19 +220,19 @@ def grouped_mm_moe(
     validate_experts_inputs(x_TD, expert_TK, gate_TK, params, keep_TK)
     T, K = expert_TK.shape
     E = params.n_experts
-    order_N, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
-    x_ND = x_TD[order_N // K]
+    order_R, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
+    x_RD = x_TD[order_R // K]
     if grouped_mm_path(x_TD, params) == "loop_grouped_mm":
         counts = counts_E.tolist()  # one device sync for the whole loop
 
-        def mm(a_NI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
-            return loop_grouped_mm(a_NI, w_EOI.transpose(1, 2), counts)
+        def mm(a_RI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
+            return loop_grouped_mm(a_RI, w_EOI.transpose(1, 2), counts)
     else:
 
-        def mm(a_NI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
-            return _GROUPED_MM(a_NI, w_EOI.transpose(1, 2), offs=offsets_E)
+        def mm(a_RI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
+            return _GROUPED_MM(a_RI, w_EOI.transpose(1, 2), offs=offsets_E)
 
-    h_NF = mm(x_ND, params.w1_EFD)
-    u_NF = None if params.w3_EFD is None else mm(x_ND, params.w3_EFD)
-    y_ND = mm(activate(h_NF, u_NF, params.activation), params.w2_EDF)
-    return _combine(y_ND, inverse_N, gate_TK, T, K)
+    h_RF = mm(x_RD, params.w1_EFD)
+    u_RF = None if params.w3_EFD is None else mm(x_RD, params.w3_EFD)
+    y_RD = mm(activate(h_RF, u_RF, params.activation), params.w2_EDF)
+    return _combine(y_RD, inverse_N, gate_TK, T, K)

@@ -136,7 +136,7 @@ def test_matmul_v1():
     assert_close(c16, a[:1].double() @ w.double().t(), atol=5e-2, rtol=2e-2, name="c fp16")
     with pytest.raises(ValueError, match="power of two"):
         mt.matmul_v1(a, w.t(), block_m=12)
-    with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
+    with pytest.raises(ValueError, match=r"\(R, I\) @ \(I, O\)"):
         mt.matmul_v1(a, w)
 
 

@@ -139,7 +139,7 @@ def _triton_rows():
             ),  # fmt: skip
         ],
         "matmul_v1": [
-            (lambda: mt.matmul_v1(X, X), ValueError, r"\(M, K\) @ \(K, N\)"),
+            (lambda: mt.matmul_v1(X, X), ValueError, r"\(R, I\) @ \(I, O\)"),
             (lambda: mt.matmul_v1(X, X.t().double()), TypeError, "a and b differ"),
             (lambda: mt.matmul_v1(X, X.t(), block_m=24), ValueError, "power of two"),
         ],

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from minimoe.config import (
@@ -190,13 +191,12 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        B, S, D = x_BSD.shape
-        H = self.n_heads
+        D, H = x_BSD.shape[-1], self.n_heads
         q, k, v = self.qkv(x_BSD).split(D, dim=-1)
-        q, k, v = (t.view(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, S, D/H)
+        q, k, v = (rearrange(t, "b s (head d) -> b head s d", head=H) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, S, D))
+        return self.proj(rearrange(y, "b head s d -> b s (head d)"))
 
 
 class DenseFFN(nn.Module):

@@ -67,8 +67,8 @@ def matmul_kernel(
 
 
 def matmul_v1(
-    a_MK: torch.Tensor,
-    b_KN: torch.Tensor,
+    a_RI: torch.Tensor,
+    b_IO: torch.Tensor,
     *,
     block_m: int = 32,
     block_n: int = 32,
@@ -76,33 +76,36 @@ def matmul_v1(
     group_size_m: int = 8,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Version 1: one expert's matmul, a_MK @ b_KN, as a grid of BLOCK_M x BLOCK_N tiles.
+    """Version 1: one expert's matmul, a_RI @ b_IO, as a grid of BLOCK_M x BLOCK_N tiles.
+
+    The kernel's M, N, K are the Triton tutorial's names for rows, columns and the reduction:
+    here M = R (the expert's rows), N = O (output features), K = I (input features).
 
     Args:
-        a_MK: (M, K) rows (float32/float16; bfloat16 on a GPU).
-        b_KN: (K, N) in a's dtype and device (a transposed view, such as w.t(), is fine).
+        a_RI: (R, I) rows (float32/float16; bfloat16 on a GPU).
+        b_IO: (I, O) in a's dtype and device (a transposed view, such as w.t(), is fine).
         block_m, block_n, block_k: the tile, powers of two >= 16.
         group_size_m: row blocks per group of the grouped program order.
-        out: optional (M, N) output in a's dtype; a new tensor when None.
+        out: optional (R, O) output in a's dtype; a new tensor when None.
 
     Returns:
-        c_MN in a's dtype.
+        c_RO in a's dtype.
     """
-    if a_MK.dim() != 2 or b_KN.dim() != 2 or a_MK.shape[1] != b_KN.shape[0]:
-        raise ValueError(f"need (M, K) @ (K, N), got {tuple(a_MK.shape)} @ {tuple(b_KN.shape)}")
-    if a_MK.dtype != b_KN.dtype or a_MK.device != b_KN.device:
-        raise TypeError(f"a and b differ: {a_MK.dtype}/{a_MK.device} vs {b_KN.dtype}/{b_KN.device}")
+    if a_RI.dim() != 2 or b_IO.dim() != 2 or a_RI.shape[1] != b_IO.shape[0]:
+        raise ValueError(f"need (R, I) @ (I, O), got {tuple(a_RI.shape)} @ {tuple(b_IO.shape)}")
+    if a_RI.dtype != b_IO.dtype or a_RI.device != b_IO.device:
+        raise TypeError(f"a and b differ: {a_RI.dtype}/{a_RI.device} vs {b_IO.dtype}/{b_IO.device}")
     cfg = KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, group_size_m=group_size_m)
-    check_dtype(a_MK.dtype, a_MK.device)
-    require_triton(a_MK.device)
-    M, N = a_MK.shape[0], b_KN.shape[1]
-    c = output_buffer(out, (M, N), a_MK)
-    if M and N:
-        grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    check_dtype(a_RI.dtype, a_RI.device)
+    require_triton(a_RI.device)
+    R, O = a_RI.shape[0], b_IO.shape[1]
+    c = output_buffer(out, (R, O), a_RI)
+    if R and O:
+        grid = (triton.cdiv(R, block_m) * triton.cdiv(O, block_n),)
         matmul_kernel[grid](
-            a_MK, b_KN, c, M, N, a_MK.shape[1],
-            a_MK.stride(0), a_MK.stride(1), b_KN.stride(0), b_KN.stride(1), c.stride(0), c.stride(1),
-            PRECISION=precision(a_MK.dtype), GROUP_SIZE_M=group_size_m, **launch_options(cfg),
+            a_RI, b_IO, c, R, O, a_RI.shape[1],
+            a_RI.stride(0), a_RI.stride(1), b_IO.stride(0), b_IO.stride(1), c.stride(0), c.stride(1),
+            PRECISION=precision(a_RI.dtype), GROUP_SIZE_M=group_size_m, **launch_options(cfg),
         )  # fmt: skip
     return c
 

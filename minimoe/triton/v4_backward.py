@@ -174,24 +174,24 @@ def expert_grad_kernel(
 
 
 def expert_grad(
-    a: torch.Tensor, a_row_div: int, b: torch.Tensor, b_row_div: int, dw_EPQ: torch.Tensor,
+    a: torch.Tensor, a_row_div: int, b: torch.Tensor, b_row_div: int, dw_EOI: torch.Tensor,
     layout: SlotLayout, cfg: KernelConfig, n_slots: int, scale_N: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """dw[e] = sum over the slots s of expert e of (scale_s a[s // a_row_div])^T b[s // b_row_div].
 
     n_slots: N = T*K, also the sentinel of the padded rows.
     """
-    E, O1, O2 = dw_EPQ.shape
+    E, O1, O2 = dw_EOI.shape
     grid = (E, cdiv(O1, cfg.block_n), cdiv(O2, cfg.block_k))
     expert_grad_kernel[grid](
-        a, b, scale_N if scale_N is not None else a, dw_EPQ,
+        a, b, scale_N if scale_N is not None else a, dw_EOI,
         layout.sorted_ids, layout.expert_starts, n_slots, O1, O2,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        dw_EPQ.stride(0), dw_EPQ.stride(1), dw_EPQ.stride(2),
+        dw_EOI.stride(0), dw_EOI.stride(1), dw_EOI.stride(2),
         A_ROW_DIV=a_row_div, B_ROW_DIV=b_row_div, HAS_SCALE=scale_N is not None,
         PRECISION=precision(a.dtype), **launch_options(cfg),
     )  # fmt: skip
-    return dw_EPQ
+    return dw_EOI
 
 
 def act_grad(
