@@ -137,6 +137,39 @@ def test_time_limit_and_callback_stop_training(corpus):
     assert seen[0] == (1, 2, ["aux_loss", "lm_loss", "tokens_seen", "wall_s", "z_loss"])
 
 
+def test_progress_bar_counts_the_budget_and_ends_complete(corpus, capsys):
+    """A run stopped by its time budget or its callback ends with a full bar, not a short one."""
+    timed = train(_model(), corpus, TrainConfig(steps=10_000, time_limit_s=0.3, **FAST))
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert timed.stopped_by == "time" and "0.3 s budget" in last
+    assert "100%" in last and f"step {timed.steps}," in last and "val " in last
+    stopped = train(_model(), corpus, TrainConfig(steps=50, **FAST), callback=lambda s, *a: s == 3)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert stopped.steps == 3 and "100%" in last and "3/3" in last
+
+
+def test_jupyter_progress_bar_ends_full_and_green(corpus, monkeypatch):
+    """In Jupyter, tqdm draws a bar closed short of its total red: a time-limited run must not."""
+    import sys
+
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    bars = []
+
+    class Recorded(notebook_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(sys.modules["minimoe.lm.train"], "tqdm", Recorded)
+    train(_model(), corpus, TrainConfig(steps=10_000, time_limit_s=0.3, **FAST))
+    train(_model(), corpus, TrainConfig(steps=50, **FAST), callback=lambda s, *a: s == 3)
+    for bar in bars:
+        _, widget, _ = bar.container.children
+        assert widget.bar_style == "success" and widget.value == widget.max > 0
+
+
 def test_bias_balancing_moves_the_selection_bias_only_when_asked(corpus):
     cfg = LMConfig(**{**CFG.to_dict(), "gating": "deepseek_v3"})
     moved = _model(cfg)

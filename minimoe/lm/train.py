@@ -215,6 +215,19 @@ def make_optimizer(model: TinyLM, tcfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95))
 
 
+def _progress_bar(tcfg: TrainConfig, enabled: bool) -> tqdm:
+    """A bar over what ends the run: the time budget in seconds if there is one, else the steps."""
+    if tcfg.time_limit_s is None:
+        return tqdm(total=tcfg.steps, disable=not enabled, desc="train", unit="step")
+    return tqdm(total=float(tcfg.time_limit_s), disable=not enabled,
+                desc=f"train ({tcfg.time_limit_s:g} s budget)", unit="s",
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")  # fmt: skip
+
+
+def _postfix(step: int, lm: float, aux: float, val: float) -> str:
+    return f"step {step}, lm {lm:.3f}, aux {aux:.3f}, val {val:.3f}"
+
+
 def train(
     model: TinyLM,
     corpus: Corpus,
@@ -229,7 +242,8 @@ def train(
         model: a `TinyLM` (moved to `tcfg.device`).
         corpus: from `build_corpus`.
         tcfg: the `TrainConfig`.
-        progress: show a tqdm progress bar (postfix: lm loss, aux, val).
+        progress: show a tqdm progress bar over the time budget (seconds) when there is one,
+            else over the steps; its postfix: the step, lm loss, aux, val.
         callback: called after every step as callback(step, model, moe_results, info) with
             info = {"lm_loss", "aux_loss", "z_loss", "wall_s", "tokens_seen"}; returning True stops
             training.
@@ -260,7 +274,7 @@ def train(
         history.val_loss.append(val)
         return val
 
-    bar = tqdm(total=tcfg.steps, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = _progress_bar(tcfg, progress)
     wall_s, tokens, stopped_by, step, val = 0.0, 0, "steps", 0, float("nan")
     for step in range(1, tcfg.steps + 1):
         t0 = time.perf_counter()
@@ -301,13 +315,11 @@ def train(
             val = run_eval(step, tokens, wall_s)
         # the postfix is drawn with the next refresh, at tqdm's own rate: refreshing every step
         # would cost a redraw per step (in Jupyter, a widget message per step)
-        bar.set_postfix(
-            lm=f"{info['lm_loss']:.3f}",
-            aux=f"{info['aux_loss']:.3f}",
-            val=f"{val:.3f}",
-            refresh=False,
-        )
-        bar.update(1)
+        bar.set_postfix_str(_postfix(step, info["lm_loss"], info["aux_loss"], val), refresh=False)
+        if tcfg.time_limit_s is None:
+            bar.update(1)
+        else:  # the bar counts the budget's seconds, never past its end
+            bar.update(min(wall_s, bar.total) - bar.n)
         if callback is not None:
             info.update(wall_s=wall_s, tokens_seen=tokens)
             if callback(step, model, results, info):
@@ -317,8 +329,11 @@ def train(
             stopped_by = "time"
             break
     val = run_eval(step, tokens, wall_s)
-    bar.set_postfix(
-        lm=f"{history.lm_loss[-1]:.3f}", aux=f"{history.aux_loss[-1]:.3f}", val=f"{val:.3f}"
-    )
+    # a run that ends by its time budget, its step count or its callback is complete: a bar left
+    # short of its total would read as a crash (tqdm draws it red in Jupyter)
+    bar.total = bar.n
+    if getattr(bar, "container", None) is not None:  # Jupyter's bar widget keeps its own maximum
+        bar.container.children[1].max = bar.n
+    bar.set_postfix_str(_postfix(step, history.lm_loss[-1], history.aux_loss[-1], val))
     bar.close()
     return TrainResult(history, recorder, val, step, tokens, wall_s, stopped_by)
