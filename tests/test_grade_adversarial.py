@@ -336,8 +336,11 @@ def test_reports_are_written_as_each_notebook_is_graded(hostile):
 def test_a_kernel_that_kills_its_parent_or_group_fails_that_notebook_alone(hostile):
     for student in ("killparent", "killgroup"):
         row = hostile[0][student]["00.1"]
-        assert (row.passed, row.max_points) == (False, 1)
-        assert row.hint.startswith("the notebook's grading process ended early"), row.hint
+        if can_run_as(SANDBOX_UID):  # a kernel of another user may not signal the grader's
+            assert (row.passed, row.hint) == (True, "")
+        else:
+            assert (row.passed, row.max_points) == (False, 1)
+            assert row.hint.startswith("the notebook's grading process ended early"), row.hint
     assert hostile[0]["honest"]["00.1"].passed  # and the run went on
 
 
