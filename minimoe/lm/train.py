@@ -220,7 +220,7 @@ def _progress_bar(tcfg: TrainConfig, enabled: bool) -> tqdm:
     if tcfg.time_limit_s is None:
         return tqdm(total=tcfg.steps, disable=not enabled, desc="train", unit="step")
     return tqdm(total=float(tcfg.time_limit_s), disable=not enabled,
-                desc=f"train ({tcfg.time_limit_s:g} s budget)", unit="s",
+                desc=f"train ({tcfg.time_limit_s:.3g} s budget)", unit="s",
                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")  # fmt: skip
 
 
