@@ -209,7 +209,7 @@ def _int_vector(ex: Exercise, name: str, got: torch.Tensor, n: int, case: str, h
 
 
 def check_sort_by_expert(sort_fn: Callable) -> None:
-    """Check `sort_by_expert(expert_TK, keep_TK, n_experts) -> (order_N, counts_E, offsets_E,
+    """Check `sort_by_expert(expert_TK, keep_TK, n_experts) -> (order_M, counts_E, offsets_E,
     inverse_N)` against `minimoe.sort_slots`."""
     # (T, E, K, drop, only_expert)
     cases = [
@@ -226,10 +226,10 @@ def check_sort_by_expert(sort_fn: Callable) -> None:
         expert_TK, _, keep_TK = make_routing(T, E, K, seed=80 + i, drop=drop, only_expert=only)
         case = f"T={T}, E={E}, K={K}, {int((~keep_TK).sum())} dropped slots"
         out = _call(SORT, sort_fn, expert_TK, keep_TK, E, case=case)
-        names = "order_N, counts_E, offsets_E, inverse_N"
+        names = "order_M, counts_E, offsets_E, inverse_N"
         order, counts, offsets, inverse = _expect_tuple(SORT, out, 4, names, case)
         e_order, e_counts, e_offsets, e_inverse = sort_slots(expert_TK, keep_TK, E)
-        N, S = e_order.numel(), T * K
+        N, S = e_order.numel(), T * K  # kept slots (M) and all slots
         _int_vector(SORT, "counts_E", counts, E, case, ": torch.bincount(..., minlength=E)")
         if not torch.equal(counts.long(), e_counts):
             all_E = torch.bincount(expert_TK.reshape(-1), minlength=E)
@@ -239,7 +239,7 @@ def check_sort_by_expert(sort_fn: Callable) -> None:
                 f"counts_E on {case} is {counts.tolist()}, expected {e_counts.tolist()}"
             )
         more = ": only the kept slots are sorted" if order.numel() == S and N < S else ""
-        _int_vector(SORT, "order_N", order, N, case, more)
+        _int_vector(SORT, "order_M", order, N, case, more)
         _check_order(order.long(), e_order, expert_TK, case)
         more = ": the E cumulative ends, no leading 0" if offsets.numel() == E + 1 else ""
         _int_vector(SORT, "offsets_E", offsets, E, case, more)
@@ -257,7 +257,7 @@ def check_sort_by_expert(sort_fn: Callable) -> None:
             and not torch.equal(e_order, e_inverse)
         ):
             raise SORT.fail(
-                f"inverse_N on {case} equals order_N: you forgot to invert the permutation "
+                f"inverse_N on {case} equals order_M: you forgot to invert the permutation "
                 "(inverse[order[i]] = i)"
             )
         more = ": one entry per slot (T*K), -1 for a dropped slot" if inverse.numel() == N else ""
@@ -277,7 +277,7 @@ def _check_order(order: torch.Tensor, expected: torch.Tensor, expert_TK: torch.T
         return
     T, K = expert_TK.shape
     if order.numel() and torch.equal(order, expected // K) and K > 1:
-        raise SORT.fail(f"order_N on {case} holds token ids; it holds slot ids s = t * K + k")
+        raise SORT.fail(f"order_M on {case} holds token ids; it holds slot ids s = t * K + k")
     flat = expert_TK.reshape(-1)
     if order.numel() and K > 1 and int(order.min()) >= 0 and int(order.max()) < T * K:
         as_t_major = (order % T) * K + order // T  # read the ids as k * T + t
@@ -285,7 +285,7 @@ def _check_order(order: torch.Tensor, expected: torch.Tensor, expert_TK: torch.T
             flat[as_t_major], flat[expected]
         ):
             raise SORT.fail(
-                f"order_N on {case} numbers the slots k-major (k * T + t); a slot's id is "
+                f"order_M on {case} numbers the slots k-major (k * T + t); a slot's id is "
                 "t * K + k, its place in expert_TK.reshape(-1)"
             )
     in_range = order.numel() == 0 or (int(order.min()) >= 0 and int(order.max()) < T * K)
@@ -294,12 +294,12 @@ def _check_order(order: torch.Tensor, expected: torch.Tensor, expert_TK: torch.T
             order.sort()[0], expected.sort()[0]
         ):
             raise SORT.fail(
-                f"order_N on {case} groups the right slots by expert but not in token order "
+                f"order_M on {case} groups the right slots by expert but not in token order "
                 "within an expert: use a stable sort, torch.sort(..., stable=True)"
             )
         if torch.equal(flat[order], flat[expected].flip(0)):
-            raise SORT.fail(f"order_N on {case} sorts the experts in descending order")
-    raise SORT.fail(f"order_N on {case} is {order.tolist()}, expected {expected.tolist()}")
+            raise SORT.fail(f"order_M on {case} sorts the experts in descending order")
+    raise SORT.fail(f"order_M on {case} is {order.tolist()}, expected {expected.tolist()}")
 
 
 # --- 05.3 the padded batched matmul ----------------------------------------------------------

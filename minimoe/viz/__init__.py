@@ -16,6 +16,7 @@ returning a widget whose `.controls` can be set from Python and whose `.figures`
     token_colouring(tokens, expert_T, n_experts)   # text coloured by expert (HTML)
     collapse_explorer()         # the collapse lab: remedy and strength, load over training
     params_explorer()           # total vs active parameters of published MoE configurations
+    padding_explorer()          # skew and capacity against each implementation's padding and drops
     load_animation(load_SE)     # per-expert load over training steps, animated
 
 and `plot_moe_block()` (`minimoe.viz.diagrams`), the picture of a dense block against an MoE one.
@@ -41,10 +42,12 @@ from minimoe.viz.static import (
 )
 from minimoe.viz.tokens import token_colouring, token_html
 from minimoe.viz.training import CollapseExplorer, collapse_explorer, load_animation
+from minimoe.viz.vectorised import PaddingExplorer, padding_explorer
 
 __all__ = [
     "CapacityExplorer",
     "CollapseExplorer",
+    "PaddingExplorer",
     "ParamsExplorer",
     "RoutingExplorer",
     "capacity_explorer",
@@ -52,6 +55,7 @@ __all__ = [
     "expert_colour",
     "expert_colours",
     "load_animation",
+    "padding_explorer",
     "params_explorer",
     "plot_drop_policies",
     "plot_drop_rate_vs_capacity",
