@@ -166,6 +166,19 @@ def test_window_moves_the_heatmap_and_labels_follow():
     assert list(w.figures["heatmap"].layout.xaxis.ticktext) == tokens[16:]
 
 
+def test_heatmap_height_follows_E_within_a_window_and_edge_markers_are_whole(rx):
+    from minimoe.viz.routing_explorer import HEATMAP_MAX_PX, heatmap_height
+
+    heat = rx.figures["heatmap"]
+    for E in (2, 6, 16, 32):
+        rx.controls["n_experts"].value = E
+        assert heat.layout.height == heatmap_height(E) <= HEATMAP_MAX_PX
+    assert heatmap_height(8) < heatmap_height(16) and heatmap_height(32) == HEATMAP_MAX_PX
+    # markers on the first and last token of the window are drawn whole, past the axis edge
+    assert all(trace.cliponaxis is False for trace in heat.data[1:])
+    assert "no preference" in rx.info.value and "undecided" not in rx.info.value
+
+
 def test_routing_explorer_edge_cases_and_errors():
     w = routing_explorer(torch.randn(1, 5), n_experts=3, top_k=3)  # T = 1, K = E
     assert _load(w).sum() == 3

@@ -41,6 +41,15 @@ NOISE_HELP = {
 }
 
 
+HEATMAP_ROW_PX = 20  # per expert, so that E = 8 with the controls fits a 900 px window
+HEATMAP_MAX_PX = 460
+
+
+def heatmap_height(n_experts: int) -> int:
+    """Pixel height of the heatmap: 20 px per expert plus the title and axes, at most 460."""
+    return min(120 + HEATMAP_ROW_PX * n_experts, HEATMAP_MAX_PX)
+
+
 def _router_weights(d_model: int, n_experts: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed + 1)
     return torch.randn(n_experts, d_model, generator=gen) / d_model**0.5
@@ -96,13 +105,14 @@ class RoutingExplorer(Explorer):
         for name, symbol in zip(names, RANK_SYMBOLS):
             heat.add_scatter(x=[], y=[], mode="markers", name=name, showlegend=False,
                              marker=dict(symbol=symbol, line=dict(color="black", width=1)),
+                             cliponaxis=False,  # whole markers on the first and last token
                              hovertemplate="token %{x} → expert %{y}<br>gate %{customdata:.3f}"
                                            f"<extra>{name}</extra>")  # fmt: skip
         heat.update_layout(
             title="Router probabilities (grey) and the chosen experts<br><sup>● 1st choice · "
             "◆ 2nd choice · ■ 3rd and later · marker size = gate weight</sup>",
             xaxis_title="token", yaxis_title="expert", yaxis_dtick=1, template="plotly_white", modebar_orientation="v",
-            margin=dict(l=60, r=20, t=70, b=50),
+            width=940, margin=dict(l=60, r=20, t=60, b=45),
         )  # fmt: skip
         load = go.FigureWidget()
         load.add_bar(x=[], y=[], name="routed slots",
@@ -112,16 +122,16 @@ class RoutingExplorer(Explorer):
                          line=dict(color="#555555", dash="dot"))  # fmt: skip
         load.update_layout(
             xaxis_title="expert", yaxis_title="slots", xaxis_dtick=1, template="plotly_white", modebar_orientation="v",
-            height=300, width=470, showlegend=False, margin=dict(l=60, r=20, t=50, b=50),
+            height=270, width=520, showlegend=False, margin=dict(l=60, r=20, t=50, b=50),
         )  # fmt: skip
         header = note(
-            "<b>Routing explorer.</b> Noise is a <i>training-time</i> regulariser: it acts "
-            "only in <b>training</b> mode; in <b>eval</b> mode the router is deterministic. "
-            "Temperature rescales the logits: it changes the weights and the entropy, not "
-            "which experts are chosen (unless noise is on)."
+            "<b>Routing explorer.</b> Noise acts only in <b>training</b> mode; in <b>eval</b> "
+            "mode the router is deterministic. Temperature changes the weights and the entropy, "
+            "not which experts are chosen (unless noise is on)."
         )
         left = widgets.VBox(layout=column_layout(), children=[header, *c.values(), self.noise_note])
-        children = [widgets.HBox([left, load]), self.info, heat]
+        right = widgets.VBox([load, self.info], layout=widgets.Layout(width="560px"))
+        children = [widgets.HBox([left, right]), heat]
         super().__init__(children, controls=c, figures={"heatmap": heat, "load": load})
         self._watch(self._update)
         self._timed("init", self._update)
@@ -183,8 +193,8 @@ class RoutingExplorer(Explorer):
                 g = gate_nK[:, list(ks)].T.reshape(-1) if k < K else np.zeros(0)
                 heat.data[1 + k].update(x=np.tile(x_n, len(ks)) if k < K else [], y=e,
                                         customdata=g, marker=dict(color=colours[e],
-                                        size=5 + 14 * np.sqrt(np.clip(g, 0, 1))))  # fmt: skip
-            heat.layout.height = 150 + 24 * E
+                                        size=4 + 12 * np.sqrt(np.clip(g, 0, 1))))  # fmt: skip
+            heat.layout.height = heatmap_height(E)
             heat.layout.yaxis.range = [-0.5, E - 0.5]
             heat.layout.xaxis.range = [start - 0.5, max(stop, start + 1) - 0.5]
             heat.data[0].colorbar.title.text = score
@@ -207,9 +217,10 @@ class RoutingExplorer(Explorer):
         rerouted = (f" · noise re-routed <b>{changed}</b> of {T} tokens vs eval"
                     if mode == "training" and noise != "none" else "")  # fmt: skip
         self.info.value = (
-            f"<div style='font-size:1.05em;padding:4px 0'>mean router entropy "
-            f"<b>{s.entropy:.3f}</b> nats (log E = {math.log(E):.3f}: undecided) · load entropy "
-            f"<b>{s.load_entropy:.3f}</b> (log E = even) · max/mean load "
+            f"<div style='line-height:1.5;padding:0 0 0 40px'>mean router entropy "
+            f"<b>{s.entropy:.3f}</b> nats (at most ln {E} = {math.log(E):.3f}, a router with no "
+            f"preference) · load entropy <b>{s.load_entropy:.3f}</b> (ln {E} for an even load) "
+            f"· max/mean load "
             f"<b>{s.max_over_mean:.2f}</b> · unused experts <b>{s.dead_experts}</b>{rerouted}</div>"
         )
 
