@@ -157,7 +157,7 @@ def einsum_moe(
     x_ECD = torch.einsum("tec,td->ecd", dispatch_TEC.to(x_TD.dtype), x_TD)
     h_ECF = torch.bmm(x_ECD, params.w1_EFD.transpose(1, 2))
     u_ECF = None
-    if params.activation == "swiglu":
+    if params.activation == "swiglu" and params.w3_EFD is not None:  # ExpertParams checks w3
         u_ECF = torch.bmm(x_ECD, params.w3_EFD.transpose(1, 2))
     h_ECF = activate(h_ECF, u_ECF, params.activation)
     y_ECD = torch.bmm(h_ECF, params.w2_EDF.transpose(1, 2))

@@ -79,7 +79,11 @@ def ffn(
     """One expert (or a dense FFN) applied to R rows: (R, D) -> (R, D)."""
     check_choice("activation", activation, ACTIVATIONS)
     h_RF = x_RD @ w1_FD.t()
-    u_RF = x_RD @ w3_FD.t() if activation == "swiglu" else None
+    u_RF = None
+    if activation == "swiglu":
+        if w3_FD is None:
+            raise ValueError("activation='swiglu' needs w3_FD (the up projection); got None")
+        u_RF = x_RD @ w3_FD.t()
     return activate(h_RF, u_RF, activation) @ w2_DF.t()
 
 
@@ -103,6 +107,8 @@ def activate(h_RF: torch.Tensor, u_RF: torch.Tensor | None, activation: str) -> 
     (`dense_act_fn="relu"`, T5's FFN); "swiglu" is Mixtral's silu(h) * u.
     """
     if activation == "swiglu":
+        if u_RF is None:
+            raise ValueError("activation='swiglu' needs the up projection u_RF; got None")
         return F.silu(h_RF) * u_RF
     if activation == "relu":
         return F.relu(h_RF)

@@ -50,6 +50,9 @@ class Router(nn.Module):
             then adds no jitter of its own).
     """
 
+    bias_E: torch.Tensor | None  # a buffer (saved with the weights), None without selection bias
+    w_noise_ED: nn.Parameter | None  # Shazeer's noise weights, only with noise="shazeer"
+
     def __init__(
         self,
         d_model: int,
@@ -88,7 +91,7 @@ class Router(nn.Module):
         if training and self.noise == "jitter" and self.jitter_scope == "router":
             x_TD = self.jitter(x_TD)
         logits_TE = x_TD @ self.w_ED.float().t()
-        if training and self.noise == "shazeer":
+        if training and self.noise == "shazeer" and self.w_noise_ED is not None:
             std_TE = F.softplus(x_TD @ self.w_noise_ED.float().t())
             logits_TE = logits_TE + torch.randn_like(logits_TE) * std_TE
         select_noise_TE = None

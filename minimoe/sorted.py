@@ -30,6 +30,8 @@ gather and scatter into the matmul (the Triton chapter).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +44,8 @@ from minimoe.validate import (
     check_mask,
 )
 
+_GROUPED_MM: Callable[..., torch.Tensor] | None
+_GROUPED_MM_NAME: str | None
 if hasattr(F, "grouped_mm"):  # public from torch 2.10
     _GROUPED_MM, _GROUPED_MM_NAME = F.grouped_mm, "torch.nn.functional.grouped_mm"
 elif hasattr(torch, "_grouped_mm"):  # torch 2.8 / 2.9
@@ -168,8 +172,8 @@ def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
     """Try the native grouped matmul (forward and backward) once per (device type, dtype)."""
     key = (device.type, dtype)
     if key not in _GROUPED_MM_WORKS:
-        works = _GROUPED_MM is not None
-        if works:
+        works = False
+        if _GROUPED_MM is not None:
             try:
                 a = torch.ones(3, 16, device=device, dtype=dtype, requires_grad=True)
                 b = torch.ones(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
@@ -197,7 +201,7 @@ def grouped_mm_path(x_TD: torch.Tensor, params: ExpertParams) -> str:
     check_float_tensor("w1_EFD", params.w1_EFD, dim=3)
     D, F_ = x_TD.shape[1], params.w1_EFD.shape[1]
     aligned = (D * x_TD.element_size()) % 16 == 0 and (F_ * x_TD.element_size()) % 16 == 0
-    if aligned and _probe_grouped_mm(x_TD.device, x_TD.dtype):
+    if _GROUPED_MM_NAME is not None and aligned and _probe_grouped_mm(x_TD.device, x_TD.dtype):
         return _GROUPED_MM_NAME
     return "loop_grouped_mm"
 
@@ -222,7 +226,8 @@ def grouped_mm_moe(
     E = params.n_experts
     order_R, counts_E, offsets_E, inverse_N = _sort_slots(expert_TK, keep_TK, E)
     x_RD = x_TD[order_R // K]
-    if grouped_mm_path(x_TD, params) == "loop_grouped_mm":
+    native = _GROUPED_MM
+    if grouped_mm_path(x_TD, params) == "loop_grouped_mm" or native is None:
         counts = counts_E.tolist()  # one device sync for the whole loop
 
         def mm(a_RI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
@@ -230,7 +235,7 @@ def grouped_mm_moe(
     else:
 
         def mm(a_RI: torch.Tensor, w_EOI: torch.Tensor) -> torch.Tensor:
-            return _GROUPED_MM(a_RI, w_EOI.transpose(1, 2), offs=offsets_E)
+            return native(a_RI, w_EOI.transpose(1, 2), offs=offsets_E)
 
     h_RF = mm(x_RD, params.w1_EFD)
     u_RF = None if params.w3_EFD is None else mm(x_RD, params.w3_EFD)

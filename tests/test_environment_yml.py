@@ -36,8 +36,11 @@ def mismatches(pyproject_text: str, env_text: str) -> list[str]:
     """What environment.yml lacks or states differently, one line per dependency of the library
     and of the course extra."""
     project = tomllib.loads(pyproject_text)["project"]
-    course = project.get("optional-dependencies", {}).get("course", [])
-    deps = [Requirement(r) for r in [*project["dependencies"], *course]]
+    extras = project.get("optional-dependencies", {})
+    deps = [Requirement(r) for r in [*project["dependencies"], *extras.get("course", [])]]
+    for req in [d for d in deps if d.name == project["name"]]:  # minimoe[triton] in the course
+        deps.remove(req)
+        deps += [Requirement(r) for extra in sorted(req.extras) for r in extras.get(extra, [])]
     env = yaml.safe_load(env_text)
     conda: dict[str, SpecifierSet] = {}
     pip: dict[str, Requirement] = {}
