@@ -36,8 +36,12 @@ reset: $(COURSE_STAMP)
 	@test -n "$(NB)" || { echo "usage: make reset NB=exercises/01_dense_to_experts.ipynb"; exit 2; }
 	$(PY) -m minimoe lab --reset "$(NB)"
 
+# Lint, formatting (ruff format, never by hand), the core's types (mypy; the files are listed in
+# pyproject.toml), and notebooks stored without outputs. .pre-commit-config.yaml runs the same.
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check minimoe tests notebooks solutions exercises
+	$(VENV)/bin/ruff format --check minimoe tests
+	$(VENV)/bin/mypy
 	$(PY) -m minimoe.course.notebooks check-clean notebooks solutions exercises
 
 # The browser tests drive the system's Chromium. Installed with apt-get where it is missing and we
