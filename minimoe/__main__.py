@@ -19,7 +19,7 @@ import sys
 
 # name -> (module, one-line help). A module is imported only when its subcommand runs.
 SUBCOMMANDS = {
-    "doctor": ("minimoe.doctor", "check the environment: versions, device, Triton, widgets"),
+    "doctor": ("minimoe.course.doctor", "check the environment: versions, device, Triton, widgets"),
     "grade": ("minimoe.course.grade", "grade submitted exercise notebooks"),
     "lab": ("minimoe.course.lab", "open the course in JupyterLab, your work in workspace/"),
     "bench": ("minimoe.bench", "benchmark the MoE implementations"),

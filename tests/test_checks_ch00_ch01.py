@@ -15,14 +15,14 @@ from check_helpers import assert_check_cells_match, fails_with, not_done
 
 import minimoe
 from minimoe import count_decoder_params, ffn, loop_moe, reference_moe, route
-from minimoe.checks import (
+from minimoe.course.checks import (
     check_count_params,
     check_ffn,
     check_loop_moe,
     check_softmax_topk,
     check_toy_fix,
 )
-from minimoe.checks.toy import RowCounter, ToyMoE
+from minimoe.course.toys import RowCounter, ToyMoE
 
 # --- 00.1 softmax_topk -------------------------------------------------------------------------
 
@@ -499,7 +499,7 @@ def test_route_matches_toy_topk() -> None:
 
 @pytest.mark.parametrize("only_expert", [None, 0, 3])
 def test_make_routing_gives_distinct_experts(only_expert) -> None:
-    from minimoe.checks._common import make_routing
+    from minimoe.course.checks._common import make_routing
 
     expert_TK, gate_TK, keep_TK = make_routing(50, 6, 3, seed=1, drop=0.3, only_expert=only_expert)
     assert all(len(set(row)) == 3 for row in expert_TK.tolist())
@@ -511,7 +511,9 @@ def test_make_routing_gives_distinct_experts(only_expert) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/00 and 01 calls its check, and its title is the check's."""
-    from minimoe.checks import ch00, ch01, ch01_params, ch01_toy
+    from minimoe.course.checks import ch00_warmup as ch00
+    from minimoe.course.checks import ch01_loop as ch01
+    from minimoe.course.checks import ch01_params, ch01_toy
 
     exercises = (ch00.WARMUP, ch01.FFN, ch01.LOOP, ch01_params.PARAMS, ch01_toy.TOY)
     assert_check_cells_match(["00_start_here.ipynb", "01_dense_to_experts.ipynb"], exercises)

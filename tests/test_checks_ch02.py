@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
-from minimoe.checks.ch02 import check_gate
-from minimoe.checks.ch02_noise import check_noisy_logits
-from minimoe.checks.ch02_trap import check_router_gradient
+from minimoe.course.checks.ch02_gate import check_gate
+from minimoe.course.checks.ch02_noise import check_noisy_logits
+from minimoe.course.checks.ch02_trap import check_router_gradient
 
 # --- 02.1 the gating conventions -----------------------------------------------------------------
 
@@ -276,12 +276,13 @@ def test_the_trap_is_real() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/02 calls its check, and its title is the check's."""
-    from minimoe.checks import ch02, ch02_noise, ch02_trap
+    from minimoe.course.checks import ch02_gate as ch02
+    from minimoe.course.checks import ch02_noise, ch02_trap
 
     assert_check_cells_match(
         ["02_routing.ipynb"],
         (ch02.GATE, ch02_noise.NOISY, ch02_trap.TRAP),
-        "from minimoe.checks.ch02",
+        "from minimoe.course.checks.ch02_",
     )
 
 

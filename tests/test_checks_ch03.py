@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
 from minimoe import expert_capacity, loop_moe
-from minimoe.checks.ch03 import CAPACITY_CASES, check_capacity, check_k_major
-from minimoe.checks.ch03_drops import check_drop_rate, check_dropped_output
+from minimoe.course.checks.ch03_capacity import CAPACITY_CASES, check_capacity, check_k_major
+from minimoe.course.checks.ch03_drops import check_drop_rate, check_dropped_output
 
 # --- 03.1 the capacity formula -------------------------------------------------------------------
 
@@ -245,12 +245,13 @@ def test_dropped_output_wrong(answer, words) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/03 calls its check, and its title is the check's."""
-    from minimoe.checks import ch03, ch03_drops
+    from minimoe.course.checks import ch03_capacity as ch03
+    from minimoe.course.checks import ch03_drops
 
     assert_check_cells_match(
         ["03_capacity.ipynb"],
         (ch03.CAPACITY, ch03.K_MAJOR, ch03_drops.DROP_RATE, ch03_drops.DROPPED_OUTPUT),
-        "from minimoe.checks.ch03",
+        "from minimoe.course.checks.ch03_",
     )
 
 

@@ -11,8 +11,12 @@ import torch
 import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
-from minimoe.checks.ch04 import check_collapse_metrics, check_switch_loss, check_z_loss
-from minimoe.checks.ch04_bias import check_bias_balancing
+from minimoe.course.checks.ch04_bias import check_bias_balancing
+from minimoe.course.checks.ch04_losses import (
+    check_collapse_metrics,
+    check_switch_loss,
+    check_z_loss,
+)
 
 # --- 04.1 the Switch loss ------------------------------------------------------------------------
 
@@ -188,12 +192,13 @@ def test_bias_wrong(update, topk, words) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/04 calls its check, and its title is the check's."""
-    from minimoe.checks import ch04, ch04_bias
+    from minimoe.course.checks import ch04_bias
+    from minimoe.course.checks import ch04_losses as ch04
 
     assert_check_cells_match(
         ["04_balancing.ipynb"],
         (ch04.SWITCH, ch04.ZLOSS, ch04.METRICS, ch04_bias.BIAS),
-        "from minimoe.checks.ch04",
+        "from minimoe.course.checks.ch04_",
     )
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
-from minimoe.checks.ch05 import check_dispatch_combine, check_sort_by_expert
-from minimoe.checks.ch05_padded import check_padded_experts
+from minimoe.course.checks.ch05_dispatch import check_dispatch_combine, check_sort_by_expert
+from minimoe.course.checks.ch05_padded import check_padded_experts
 
 # --- 05.1 dispatch and combine -------------------------------------------------------------------
 
@@ -259,12 +259,13 @@ def test_padded_unknown_mistake_reports_the_difference() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/05 calls its check, and its title is the check's."""
-    from minimoe.checks import ch05, ch05_padded
+    from minimoe.course.checks import ch05_dispatch as ch05
+    from minimoe.course.checks import ch05_padded
 
     assert_check_cells_match(
         ["05_vectorised.ipynb"],
         (ch05.DISPATCH, ch05.SORT, ch05_padded.PADDED),
-        "from minimoe.checks.ch05",
+        "from minimoe.course.checks.ch05_",
     )
 
 

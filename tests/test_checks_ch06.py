@@ -13,21 +13,21 @@ from check_helpers import assert_check_cells_match, fails_with
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from minimoe.checks import ch06_kernels  # noqa: E402
-from minimoe.checks.ch06 import check_matmul_tile, check_scaled_add  # noqa: E402
-from minimoe.checks.ch06_gather import (  # noqa: E402
+from minimoe.course.checks import ch06_kernels  # noqa: E402
+from minimoe.course.checks.ch06_gather import (  # noqa: E402
     VARIANTS,
     check_gather_gemm,
     gather_gemm,
     pad_by_expert,
 )
-from minimoe.checks.ch06_memory import (  # noqa: E402
+from minimoe.course.checks.ch06_memory import (  # noqa: E402
     POISON,
     guarded,
     jit_like,
     launch,
     poisoned,
 )
+from minimoe.course.checks.ch06_tiles import check_matmul_tile, check_scaled_add  # noqa: E402
 
 # --- 06.1 scaled add -----------------------------------------------------------------------------
 
@@ -532,20 +532,21 @@ def test_watch_blocks_and_records_out_of_bounds_stores() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/06 calls its check, and its title is the check's."""
-    from minimoe.checks import ch06, ch06_gather
+    from minimoe.course.checks import ch06_gather
+    from minimoe.course.checks import ch06_tiles as ch06
 
     assert_check_cells_match(
         ["06_triton.ipynb"],
         (ch06.SCALED_ADD, ch06.TILE, ch06_gather.GATHER),
-        "from minimoe.checks.ch06",
+        "from minimoe.course.checks.ch06_",
     )
 
 
 def test_guard_stores_and_one_past_without_the_bounds_check() -> None:
     """Where the interpreter's bounds check is missing (a GPU), the stores into an output's guard
     are read back as accesses: one element past the end is 'one past the edge', more is not."""
-    from minimoe.checks.ch06 import guard_stores, one_past
-    from minimoe.checks.ch06_memory import backing
+    from minimoe.course.checks.ch06_memory import backing
+    from minimoe.course.checks.ch06_tiles import guard_stores, one_past
 
     out = poisoned((5,), torch.empty(0))
     assert guard_stores(out, "out_ptr") == []

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from check_helpers import assert_check_cells_match, fails_with, not_done
 
-from minimoe.checks.ch07 import check_train_step
-from minimoe.checks.ch07_specialise import check_specialisation
+from minimoe.course.checks.ch07_specialise import check_specialisation
+from minimoe.course.checks.ch07_train import check_train_step
 
 # --- 07.2 the specialisation measure -------------------------------------------------------------
 
@@ -108,7 +108,7 @@ def test_specialisation_wrong_axes_crash_names_the_marginals() -> None:
 
 def test_specialisation_wrong_axes_on_a_square_table() -> None:
     """On a square table the wrong marginals run and give wrong values: named as well."""
-    import minimoe.checks.ch07_specialise as ch
+    import minimoe.course.checks.ch07_specialise as ch
 
     square = [case for case in ch._cases() if case[1].shape[0] == case[1].shape[1]]
     wrong = spec_with(wrong_marginals=True)
@@ -272,10 +272,13 @@ def test_train_step_unknown_mistake_reports_the_distance() -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/07 calls its check, and its title is the check's."""
-    from minimoe.checks import ch07, ch07_specialise
+    from minimoe.course.checks import ch07_specialise
+    from minimoe.course.checks import ch07_train as ch07
 
     assert_check_cells_match(
-        ["07_training.ipynb"], (ch07.STEP, ch07_specialise.SPECIALISE), "from minimoe.checks.ch07"
+        ["07_training.ipynb"],
+        (ch07.STEP, ch07_specialise.SPECIALISE),
+        "from minimoe.course.checks.ch07_",
     )
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from minimoe import doctor
+from minimoe.course import doctor
 from minimoe.__main__ import main
-from minimoe.doctor import Check
+from minimoe.course.doctor import Check
 
 
 @pytest.mark.slow

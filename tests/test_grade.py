@@ -307,7 +307,9 @@ def test_null_and_odd_metadata_read_as_absent():
 
 
 def test_names_tested_are_the_answers_passed_to_the_check():
-    assert g.names_tested("from minimoe.checks import check_ffn\n\ncheck_ffn(ffn)") == ["ffn"]
+    assert g.names_tested("from minimoe.course.checks import check_ffn\n\ncheck_ffn(ffn)") == [
+        "ffn"
+    ]
     assert g.names_tested("check_bias(update_bias, fn=biased_topk)") == [
         "update_bias",
         "biased_topk",

@@ -82,11 +82,11 @@ class AllTrue(torch.Tensor):
 # name -> (notebook, what the rows must show); the variants of the hostile run
 TAMPERING = {
     "replace_check_fn": unsolved_00(
-        "import minimoe.checks\n"
-        "minimoe.checks.check_softmax_topk = lambda fn: print('✓ Exercise 00.1: passed')"
+        "import minimoe.course.checks\n"
+        "minimoe.course.checks.check_softmax_topk = lambda fn: print('✓ Exercise 00.1: passed')"
     ),
     "patch_comparison": unsolved_00(
-        "import minimoe.testing, minimoe.checks._common as c\n"
+        "import minimoe.testing, minimoe.course.checks._common as c\n"
         "minimoe.testing.is_close = lambda *a, **k: True\n"
         "c.is_close = minimoe.testing.is_close\n"
         "c.diagnose = lambda *a, **k: None"
@@ -114,10 +114,10 @@ TAMPERING = {
         "get_ipython().ast_transformers.append(NoCalls())"
     ),
     "patch_during_check": solved_00_answer(
-        body_after="import minimoe.checks._common as c, minimoe.testing as t\n"
+        body_after="import minimoe.course.checks._common as c, minimoe.testing as t\n"
         "import sys\n"
         "for m in list(sys.modules.values()):\n"
-        "    if getattr(m, '__name__', '').startswith('minimoe.checks'):\n"
+        "    if getattr(m, '__name__', '').startswith('minimoe.course.checks'):\n"
         "        if hasattr(m, 'diagnose'): m.diagnose = lambda *a, **k: None\n"
         "        if hasattr(m, 'is_close'): m.is_close = lambda *a, **k: True\n"
         "t.is_close = lambda *a, **k: True\n"
@@ -358,7 +358,7 @@ def ordered(tmp_path_factory, solutions_copy):
     solution_file = next(solutions_copy.glob("01_*.ipynb"))
     writer = after_setup(
         shipped("solutions", "01"),
-        "import minimoe.checks.ch01 as c, os\n"
+        "import minimoe.course.checks.ch01_loop as c, os\n"
         "for path in (c.__file__, " + repr(str(solution_file)) + "):\n"
         "    try:\n"
         "        os.chmod(path, 0o644)\n"
@@ -407,13 +407,16 @@ def test_pristine_copy_is_read_only_and_restored(tmp_path):
     from minimoe.course.sandbox import Pristine
 
     pristine = Pristine(tmp_path / "p")
-    target = pristine.package / "checks" / "ch01.py"
+    target = pristine.package / "course" / "checks" / "ch01_loop.py"
     assert not os.access(target, os.W_OK) or os.geteuid() == 0
     assert target.stat().st_mode & 0o222 == 0
     original = target.read_bytes()
     target.chmod(0o644)
     target.write_text("def check_loop_moe(fn):\n    pass\n")
-    (pristine.package / "checks" / "extra.py").write_text("")
-    assert pristine.changed() == ["minimoe/checks/ch01.py", "minimoe/checks/extra.py"]
+    (pristine.package / "course" / "checks" / "extra.py").write_text("")
+    assert pristine.changed() == [
+        "minimoe/course/checks/ch01_loop.py",
+        "minimoe/course/checks/extra.py",
+    ]
     pristine.restore()
     assert pristine.changed() == [] and target.read_bytes() == original

@@ -11,7 +11,7 @@ The grader puts three kinds of cells into the notebook it runs (`minimoe.course.
   `loop_moe`, say) is never graded as the learner's answer;
 - in place of each check cell, `run_check(exercise, nonce, source, names)`. It refuses to run
   when anything in the baseline was replaced or hooked since (raising `CheckTampered`); imports
-  the check's module and the comparison helpers (`minimoe.testing`, `minimoe.checks._common`)
+  the check's module and the comparison helpers (`minimoe.testing`, `minimoe.course.checks._common`)
   again from the read-only copy the kernel was given; runs the canonical source in the notebook's
   namespace with the learner's functions wrapped so that they may only return plain tensors;
   compares everything again afterwards (an answer that patches the check while it runs); and only
@@ -260,7 +260,7 @@ def arm() -> None:
     """Record the baseline. Run by the grader's first cell, before any of the learner's code."""
     global _root
     import minimoe
-    import minimoe.checks  # noqa: F401  (every check module that needs no Triton)
+    import minimoe.course.checks  # noqa: F401  (every check module that needs no Triton)
     import minimoe.testing  # noqa: F401
 
     _root = Path(minimoe.__file__).resolve().parent
@@ -282,10 +282,10 @@ def before_answer(names: list[str], namespace: dict) -> None:
 
 def _fresh_check_modules(source: str, fp: dict) -> None:
     """Import the check modules `source` uses again from the kernel's read-only copy, with fresh
-    comparison helpers (`minimoe.testing`, `minimoe.checks._common`), and bind the package's
+    comparison helpers (`minimoe.testing`, `minimoe.course.checks._common`), and bind the package's
     names to the fresh functions. `fp` (the fingerprint just verified) is brought up to date, and
     so is the baseline: the guard replaced those modules, not the learner."""
-    package = sys.modules.get("minimoe.checks")
+    package = sys.modules.get("minimoe.course.checks")
     targets = re.findall(r"from\s+(minimoe\.checks\.\w+)\s+import", source)
     rebind: dict[str, str] = {}  # package name -> module that defines it
     for names in re.findall(r"from\s+minimoe\.checks\s+import\s+([\w, ]+)", source):
@@ -293,7 +293,7 @@ def _fresh_check_modules(source: str, fp: dict) -> None:
             module = getattr(getattr(package, name, None), "__module__", None)
             if isinstance(module, str) and CHECK_MODULES.match(module):
                 rebind[name] = module
-    wanted = ["minimoe.testing", "minimoe.checks._common", *targets, *rebind.values()]
+    wanted = ["minimoe.testing", "minimoe.course.checks._common", *targets, *rebind.values()]
     wanted = list(dict.fromkeys(wanted))
     for name in wanted:
         sys.modules.pop(name, None)
@@ -317,7 +317,7 @@ def _fresh_check_modules(source: str, fp: dict) -> None:
         if parent in sys.modules:
             _namespace(update, parent, {child: module})
     if package is not None:
-        _namespace(update, "minimoe.checks", {n: getattr(package, n) for n in rebind})
+        _namespace(update, "minimoe.course.checks", {n: getattr(package, n) for n in rebind})
     for target in (fp, _baseline):
         for key in [k for k in target if k[0] in fresh or k[0].rpartition(".")[0] in fresh]:
             del target[key]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minimoe.checks._common import Exercise, describe
+from minimoe.course.checks._common import Exercise, describe
 
 POISON = 777.0  # what an output element holds until the kernel writes it (exact in float16)
 GUARD = 64  # guard elements (rows, columns) around a tensor: more than any block overshoots

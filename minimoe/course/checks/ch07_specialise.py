@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from minimoe.checks._common import Exercise, make_generator
+from minimoe.course.checks._common import Exercise, make_generator
 from minimoe.lm.specialise import (
     class_entropy,
     measure_specialisation,

@@ -145,7 +145,7 @@ def error_hint(error: Exception, *, weights: bool = True) -> str:
     return ""
 
 
-_PACKAGE = Path(__file__).resolve().parent.parent  # the minimoe package directory
+_PACKAGE = Path(__file__).resolve().parents[2]  # the minimoe package directory
 
 
 def _unwrap(obj: Any) -> Any:

@@ -1,6 +1,6 @@
 """Check for exercise 01.4: fix the toy MoE that runs every expert on every token.
 
-The learner writes `toy_moe_forward(toy, x_TD) -> y_TD` for a `minimoe.checks.toy.ToyMoE`. The
+The learner writes `toy_moe_forward(toy, x_TD) -> y_TD` for a `minimoe.course.toys.ToyMoE`. The
 answer must equal `minimoe.reference_moe` on the toy's own routing, and be sparse: the experts
 together process T*K rows, counted by forward hooks, not E*T ("fake sparse",
 kyegomez/SwitchTransformers issue #17).
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_tokens
-from minimoe.checks.toy import RowCounter, ToyMoE
+from minimoe.course.checks._common import Exercise, diagnose, make_tokens
+from minimoe.course.toys import RowCounter, ToyMoE
 from minimoe.reference import reference_moe
 
 TOY = Exercise("01.4", "fix the toy MoE")  # the experts are modules: no weight layout to get wrong

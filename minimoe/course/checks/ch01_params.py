@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from minimoe.checks._common import Exercise
+from minimoe.course.checks._common import Exercise
 from minimoe.params import PUBLISHED_CONFIGS, count_decoder_params, count_moe_params
 
 PARAMS = Exercise("01.3", "parameter counting", library=(count_decoder_params, count_moe_params))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 
 WARMUP = Exercise("00.1", "the router's top-k choice", library=(route,))

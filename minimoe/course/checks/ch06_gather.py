@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from minimoe.checks._common import Exercise, make_generator, make_routing
-from minimoe.checks.ch06 import _cdiv, _describe, _mismatch, one_past, tolerance
-from minimoe.checks.ch06_memory import (
+from minimoe.course.checks._common import Exercise, make_generator, make_routing
+from minimoe.course.checks.ch06_memory import (
     POISON,
     Outcome,
     device_for,
@@ -37,6 +36,7 @@ from minimoe.checks.ch06_memory import (
     poisoned,
     run_learner,
 )
+from minimoe.course.checks.ch06_tiles import _cdiv, _describe, _mismatch, one_past, tolerance
 
 try:  # the annotations below are strings, so this module imports without triton
     import triton.language as tl

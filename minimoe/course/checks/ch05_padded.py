@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_experts, make_tokens
-from minimoe.checks.ch05 import ATOL, RTOL, _call
+from minimoe.course.checks._common import Exercise, diagnose, make_experts, make_tokens
+from minimoe.course.checks.ch05_dispatch import ATOL, RTOL, _call
 from minimoe.experts import ExpertParams
 from minimoe.reference import reference_moe
 from minimoe.sorted import grouped_mm_moe, loop_grouped_mm, padded_bmm_moe

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.router import Router
 from minimoe.testing import is_close
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 
 TRAP = Exercise("02.3", "the router gradient in the top-1 trap", weights=True)

@@ -2,7 +2,7 @@
 
     python -m minimoe doctor          # one line per check, exit 1 if any check FAILs
 
-or, in a notebook cell, `from minimoe.doctor import doctor_report, format_report`.
+or, in a notebook cell, `from minimoe.course.doctor import doctor_report, format_report`.
 
 Checks: the Python version; the versions of torch, triton, numpy, plotly, ipywidgets,
 jupyterlab and (for the tests only) transformers, against the ranges minimoe declares; the device (a CUDA GPU or the CPU);
@@ -106,7 +106,7 @@ def declared_ranges() -> dict[str, Requirement]:
 
 
 def _pyproject_requirements() -> list[str]:
-    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    path = Path(__file__).resolve().parents[2] / "pyproject.toml"
     try:
         import tomllib  # Python >= 3.11
     except ImportError:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from minimoe.checks import ch06_kernels as kernels
-from minimoe.checks._common import Exercise, make_generator
-from minimoe.checks.ch06_memory import (
+from minimoe.course.checks import ch06_kernels as kernels
+from minimoe.course.checks._common import Exercise, make_generator
+from minimoe.course.checks.ch06_memory import (
     POISON,
     Access,
     Outcome,

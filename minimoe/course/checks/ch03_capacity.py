@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.capacity import assign_slots, expert_capacity
-from minimoe.checks._common import Exercise, diagnose, make_routing
+from minimoe.course.checks._common import Exercise, diagnose, make_routing
 
 CAPACITY = Exercise("03.1", "the capacity formula", library=(expert_capacity,))
 K_MAJOR = Exercise("03.2", "k-major dropping with cumulative sums", library=(assign_slots,))

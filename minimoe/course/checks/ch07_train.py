@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from minimoe.checks._common import Exercise, make_generator
+from minimoe.course.checks._common import Exercise, make_generator
 from minimoe.lm.model import LMConfig, TinyLM
 from minimoe.lm.train import evaluate, lm_loss, router_losses, train
 from minimoe.testing import is_close, max_diff

@@ -13,7 +13,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from minimoe.checks._common import Exercise, diagnose, make_experts, make_routing, make_tokens
+from minimoe.course.checks._common import (
+    Exercise,
+    diagnose,
+    make_experts,
+    make_routing,
+    make_tokens,
+)
 from minimoe.einsum import einsum_moe
 from minimoe.experts import ExpertParams, Experts, expert_ffn, ffn
 from minimoe.layer import MoELayer

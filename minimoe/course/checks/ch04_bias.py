@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.router import Router
 from minimoe.routing import route
 

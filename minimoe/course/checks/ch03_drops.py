@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from minimoe.capacity import renormalize_survivors
-from minimoe.checks._common import Exercise, make_experts, make_routing, make_tokens
-from minimoe.checks.ch03 import diagnose_or_say
+from minimoe.course.checks._common import Exercise, make_experts, make_routing, make_tokens
+from minimoe.course.checks.ch03_capacity import diagnose_or_say
 from minimoe.experts import ExpertParams
 from minimoe.layer import MoELayer
 from minimoe.metrics import routing_stats

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
 from minimoe.metrics import routing_stats
 

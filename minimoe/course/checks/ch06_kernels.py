@@ -2,7 +2,7 @@
 
 The checks run these beside the learner's kernel on the same guarded inputs: when the learner's
 output (and out-of-bounds accesses) equal a wrong variant's, the check names that mistake. They
-are plain functions written in `triton.language`; `minimoe.checks.ch06_memory.jit_like` turns
+are plain functions written in `triton.language`; `minimoe.course.checks.ch06_memory.jit_like` turns
 them into kernels of the learner's kind (interpreted on a CPU, compiled on a GPU).
 
 06.1, `out = a * x + y` (the Triton tutorial's vector add, with a scale):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from minimoe.capacity import assign_slots
-from minimoe.checks._common import Exercise, diagnose, make_routing
+from minimoe.course.checks._common import Exercise, diagnose, make_routing
 from minimoe.einsum import dispatch_combine_tensors
 from minimoe.sorted import sort_slots
 

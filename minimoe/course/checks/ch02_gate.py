@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from minimoe.checks._common import Exercise, diagnose, make_generator
+from minimoe.course.checks._common import Exercise, diagnose, make_generator
 from minimoe.routing import route
 from minimoe.testing import is_close
 

@@ -1,0 +1,54 @@
+"""Exercise checks: one function per graded exercise, called by the exercise's check cell.
+
+A check runs the learner's function on seeded inputs, compares it with the library, and either
+prints one pass line (`✓ Exercise 01.2 (the loop MoE): passed`) or raises AssertionError with a
+message that names the likely mistake.
+
+The chapter 06 checks run Triton kernels and live in `minimoe.course.checks.ch06_tiles` and
+`minimoe.course.checks.ch06_gather`; they are not imported here, so importing the other checks never
+defines a Triton kernel (on a CPU, `TRITON_INTERPRET=1` must be set before that happens).
+"""
+
+from minimoe.course.checks.ch00_warmup import check_softmax_topk
+from minimoe.course.checks.ch01_loop import check_ffn, check_loop_moe
+from minimoe.course.checks.ch01_params import check_count_params
+from minimoe.course.checks.ch01_toy import check_toy_fix
+from minimoe.course.checks.ch02_gate import check_gate
+from minimoe.course.checks.ch02_noise import check_noisy_logits
+from minimoe.course.checks.ch02_trap import check_router_gradient
+from minimoe.course.checks.ch03_capacity import check_capacity, check_k_major
+from minimoe.course.checks.ch03_drops import check_drop_rate, check_dropped_output
+from minimoe.course.checks.ch04_bias import check_bias_balancing
+from minimoe.course.checks.ch04_losses import (
+    check_collapse_metrics,
+    check_switch_loss,
+    check_z_loss,
+)
+from minimoe.course.checks.ch05_dispatch import check_dispatch_combine, check_sort_by_expert
+from minimoe.course.checks.ch05_padded import check_padded_experts
+from minimoe.course.checks.ch07_specialise import check_specialisation
+from minimoe.course.checks.ch07_train import check_train_step
+
+__all__ = [
+    "check_bias_balancing",
+    "check_capacity",
+    "check_collapse_metrics",
+    "check_count_params",
+    "check_dispatch_combine",
+    "check_drop_rate",
+    "check_dropped_output",
+    "check_ffn",
+    "check_gate",
+    "check_k_major",
+    "check_loop_moe",
+    "check_noisy_logits",
+    "check_padded_experts",
+    "check_router_gradient",
+    "check_softmax_topk",
+    "check_sort_by_expert",
+    "check_specialisation",
+    "check_switch_loss",
+    "check_toy_fix",
+    "check_train_step",
+    "check_z_loss",
+]
