@@ -6,7 +6,7 @@ model, the benchmark, the cost model and the tests all read.
 
 Every entry is a function with the signature of `minimoe.reference_moe` (see `minimoe.experts`),
 tested against that float64 oracle, outputs and gradients, through this table
-(tests/test_impls.py). The facts beside each function are what the other users need to know
+(tests/impls/test_impls.py). The facts beside each function are what the other users need to know
 without importing it:
 
 | name       | dropless | needs                    | cost model | what                                  |

@@ -8,7 +8,7 @@ come back in `result`; the caller decides what to add to its training loss.
 
 The layer's "probs" drop policy ranks slots by their final gate weights (as Megatron-LM does);
 DeepSpeed's topk ranks by the raw softmax probability instead: call `assign_slots` with
-`routing.probs_TE.gather(1, routing.expert_TK)` for that (tests/test_parity_deepspeed.py).
+`routing.probs_TE.gather(1, routing.expert_TK)` for that (tests/parity/test_parity_deepspeed.py).
 
 Checks and device syncs: the layer's inputs are checked by the config and here; the routing it
 makes is valid by construction, so only the experts step checks the expert ids' range (one

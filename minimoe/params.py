@@ -15,7 +15,7 @@ without bias, SwiGLU experts, a bias-free linear router):
     active = total - (E - K) * (one expert's weights) * layers
 
 Published figures these formulas reproduce exactly (checked against HF transformers' own models,
-built on the meta device, in tests/test_params.py): Mixtral 8x7B 46.7B total / 12.9B active
+built on the meta device, in tests/core/test_params.py): Mixtral 8x7B 46.7B total / 12.9B active
 (arXiv 2401.04088), OLMoE-1B-7B 6.9B / 1.3B (arXiv 2409.02060), Qwen3-30B-A3B 30.5B / 3.3B
 (the Qwen3 technical report, arXiv 2505.09388). Left out: shared experts, dense layers mixed
 with MoE layers, biases, multi-token-prediction heads and DeepSeek's MLA attention.

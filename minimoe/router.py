@@ -23,7 +23,7 @@ Jitter has two scopes, because the systems that name it disagree on who sees the
   mutates its input.
 
 Both scopes draw U(1-ε, 1+ε) with one `uniform_` over a tensor of x's shape, so with the same
-global seed they use the same noise as HF (tests/test_conventions.py).
+global seed they use the same noise as HF (tests/core/test_conventions.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ counts a check as passed only when its cell ran cleanly *and* printed the eviden
 What this does not stop: the kernel runs the learner's code, so an attacker who studies this
 module can still reach into it (replace it in `sys.modules`, read the nonce from the check cell's
 source, rewrite the frames that run the check). It is built to catch tampering that does not aim
-at the guard itself (tests/test_grade_adversarial.py has a case for each class), and a module
+at the guard itself (tests/course/test_grade_adversarial.py has a case for each class), and a module
 first imported after `arm()` (chapter 06's Triton code) is compared only while a check runs. The
 grader's process isolation (`minimoe.course.sandbox`) keeps even a successful forgery from
 touching any other submission.

@@ -41,7 +41,7 @@ def diagnose_or_say(ex: Exercise, say: Callable[[], str], *args: Any, **kwargs: 
 # --- 03.1 the capacity formula ---------------------------------------------------------------
 
 # (T, E, K, cf, min_capacity); every cf is exact in binary, so the order of the products does not
-# change the result (tests/test_checks_ch03.py checks that the DeepSpeed and Megatron orders agree)
+# change the result (tests/course/test_checks_ch03.py checks that the DeepSpeed and Megatron orders agree)
 CAPACITY_CASES = [
     (11, 4, 1, 1.0, 0),  # 2.75: floor gives 2
     (12, 4, 2, 1.25, 0),  # 7.5: without the K, 3.75

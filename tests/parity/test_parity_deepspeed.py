@@ -21,7 +21,7 @@ Deliberate differences, each shown by a test:
   minimoe ranks by the gate weight it is given and lays them out in that priority order.
 
 Gumbel sampling of the second expert (`top2_2nd_expert_sampling=True`, the default) is compared
-in tests/test_conventions.py. Left out: random token selection (use_rts=True), the sparse_routes
+in tests/core/test_conventions.py. Left out: random token selection (use_rts=True), the sparse_routes
 output, tensor/expert-parallel padding of the dropless capacity.
 """
 

@@ -1,7 +1,7 @@
 """Every registered experts implementation against the float64 oracle, outputs and gradients.
 
 The implementations come from `minimoe.impls.IMPLEMENTATIONS`: an entry added there is tested
-here with no further edit. Triton's entry runs in tests/test_triton.py (its interpreter is for
+here with no further edit. Triton's entry runs in tests/triton/test_triton.py (its interpreter is for
 tiny shapes, and needs Triton).
 """
 

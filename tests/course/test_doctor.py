@@ -10,8 +10,8 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from minimoe.course import doctor
 from minimoe.__main__ import main
+from minimoe.course import doctor
 from minimoe.course.doctor import Check
 
 

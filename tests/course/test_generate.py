@@ -14,8 +14,8 @@ from minimoe.course import clean
 from minimoe.course import notebooks as nbs
 from minimoe.course.notebooks import NotebookError, stub_source
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "course" / "solutions"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "course" / "fixtures" / "course" / "solutions"
 STUB_98_1 = nbs.STUB.format(exercise="98.1")
 
 

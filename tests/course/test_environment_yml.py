@@ -16,7 +16,7 @@ try:
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # PyPI name -> the conda-forge names that provide it
 CONDA_NAMES = {
     "torch": {"pytorch", "pytorch-cpu", "pytorch-gpu"},

@@ -24,7 +24,7 @@ def assert_check_cells_match(notebooks: list[str], exercises: tuple, calls: str 
     import json
     from pathlib import Path
 
-    solutions = Path(__file__).resolve().parent.parent / "solutions"
+    solutions = Path(__file__).resolve().parents[2] / "solutions"
     seen = {}
     for name in notebooks:
         for cell in json.loads((solutions / name).read_text())["cells"]:

@@ -1,6 +1,6 @@
 """`python -m minimoe lab`: the workspace it fills, the settings it writes, the server it starts.
 
-The browser side (landing on chapter 00, saving, reopening) is in tests/test_browser.py; these
+The browser side (landing on chapter 00, saving, reopening) is in tests/browser/test_browser.py; these
 tests check the rules the workspace keeps, on a small course made in a temporary folder.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from minimoe.course import lab
 from minimoe.course.clean import check_clean
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _notebook(path: Path, *sources: str) -> None:

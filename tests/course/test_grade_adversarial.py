@@ -23,7 +23,7 @@ from minimoe.course import grade as g
 from minimoe.course.notebooks import has_tag
 from minimoe.course.sandbox import SANDBOX_UID, can_run_as
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TAMPERED = "check tampered with"
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOP_DIRS = ("docs", "minimoe", "tests", "notebooks", "exercises", "solutions", "results")
 ROOT_FILES = ("README.md", "Makefile", "pyproject.toml", "constraints.txt", "environment.yml")
 
@@ -145,8 +145,11 @@ def test_the_checker_finds_each_kind_of_broken_citation(tmp_path: Path) -> None:
             {"cell_type": "markdown", "source": "[anchor](../docs/conventions.md#no-such-heading)"},
             {"cell_type": "markdown", "source": "[anchor](../docs/conventions.md#gating)"},
             {"cell_type": "markdown", "source": "`minimoe/nope.py` and `minimoe/routing.py`"},
-            {"cell_type": "markdown", "source": "`tests/test_routing.py::test_not_there`"},
-            {"cell_type": "markdown", "source": "`tests/test_citations.py::broken_citations`"},
+            {"cell_type": "markdown", "source": "`tests/core/test_routing.py::test_not_there`"},
+            {
+                "cell_type": "markdown",
+                "source": "`tests/course/test_citations.py::broken_citations`",
+            },
             {"cell_type": "markdown", "source": "`exercises/NN_topic.ipynb`, `python x/y.py`"},
             {"cell_type": "markdown", "source": "[web](https://example.org/a.md) [here](#top)"},
             {
@@ -166,7 +169,7 @@ def test_the_checker_finds_each_kind_of_broken_citation(tmp_path: Path) -> None:
         "cell 1 (?): link (../docs/missing.md): no such file",
         "cell 2 (?): link (../docs/conventions.md#no-such-heading): no heading",
         "cell 4 (?): `minimoe/nope.py`: no such file",
-        "cell 5 (?): `tests/test_routing.py::test_not_there`: no function",
+        "cell 5 (?): `tests/core/test_routing.py::test_not_there`: no function",
         "cell 10 (?): `minimoe/gone.py`: no such file",
     ):
         assert expected in joined, joined

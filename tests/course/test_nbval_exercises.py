@@ -17,8 +17,8 @@ import pytest
 
 from minimoe.course.notebooks import exercise_notebook, has_tag
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = ROOT / "tests" / "fixtures" / "course" / "solutions" / "98_fixture.ipynb"
+ROOT = Path(__file__).resolve().parents[2]
+SOLUTION = ROOT / "tests" / "course" / "fixtures" / "course" / "solutions" / "98_fixture.ipynb"
 pytestmark = pytest.mark.slow
 
 

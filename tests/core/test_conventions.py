@@ -9,7 +9,7 @@ transformers 5.x, DeepSpeed 0.19), with shapes of our own:
 - GShard random routing of the second expert == HF NLLB-MoE `second_expert_policy="random"`;
 - the Switch balancing loss per sequence == HF SwitchTransformers `load_balancing_loss_func`;
 - ties: where DeepSpeed / HF and minimoe break exact ties differently, only tied entries differ.
-(DeepSeek-V3 norm_topk_prob=False and ReLU experts are in tests/test_parity_hf.py.)
+(DeepSeek-V3 norm_topk_prob=False and ReLU experts are in tests/parity/test_parity_hf.py.)
 """
 
 from __future__ import annotations

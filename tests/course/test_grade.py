@@ -2,7 +2,7 @@
 
 (The hostile submissions, built from the shipped notebooks, are in test_grade_adversarial.py.)
 
-The classroom is built from the fixture chapter tests/fixtures/course/solutions/98_fixture.ipynb:
+The classroom is built from the fixture chapter tests/course/fixtures/course/solutions/98_fixture.ipynb:
 exercise 98.1 (`double`, 2 points) and 98.2 (`halve`, 1 point).
 """
 
@@ -22,8 +22,8 @@ from minimoe.course import grade as g
 from minimoe.course.notebooks import exercise_notebook, has_tag
 from minimoe.course.runner import run_cells
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "tests" / "fixtures" / "course" / "solutions"
+ROOT = Path(__file__).resolve().parents[2]
+SOLUTIONS = ROOT / "tests" / "course" / "fixtures" / "course" / "solutions"
 SOLUTION = SOLUTIONS / "98_fixture.ipynb"
 
 

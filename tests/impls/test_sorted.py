@@ -1,7 +1,7 @@
 """The sort-based experts' own parts: sorting the slots, the grouped matmul path and its fallback.
 
 Both sort-based implementations (padded batched matmul, grouped matmul) are tested against the
-float64 oracle with every other registered implementation, in tests/test_impls.py."""
+float64 oracle with every other registered implementation, in tests/impls/test_impls.py."""
 
 from __future__ import annotations
 

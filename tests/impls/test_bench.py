@@ -20,7 +20,7 @@ def test_smoke_run_writes_json_md_png(tmp_path: Path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "minimoe.bench", "--smoke", "--threads", "1", "--json", str(out)]
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1]
+        cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
