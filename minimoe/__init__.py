@@ -21,6 +21,7 @@ Shape letters. A tensor's name ends in its shape, one capital per dimension in o
     R  kept slots, R <= N (rows of a gathered      C  expert capacity (slots per expert per
        or sorted buffer; rows of a plain FFN)         routing group)
     L  layers                                      V  vocabulary size
+    H  history: recorded training steps
 
 Where one function serves several weights, I and O are a weight's input and output features
 (`w_EOI`). Local letters are defined where they are used: G, the expert groups of group-limited

@@ -161,12 +161,12 @@ class LabResult:
         setting, seed, steps: what was run.
         load_SE: slots routed to each expert per step (before drops).
         kept_SE: slots each expert processed (after drops).
-        entropy_S: mean per-token router entropy (nats; log E = undecided).
-        load_entropy_S: entropy of the load shares (log E = even).
-        max_over_mean_S, cv_S, dead_S, drop_S: the other collapse statistics.
-        aux_S, z_S, max_logit_S: the Switch aux loss (whether or not it is trained on), the
+        entropy_H: mean per-token router entropy (nats; log E = undecided).
+        load_entropy_H: entropy of the load shares (log E = even).
+        max_over_mean_H, cv_H, dead_H, drop_H: the other collapse statistics.
+        aux_H, z_H, max_logit_H: the Switch aux loss (whether or not it is trained on), the
             z-loss, and the largest |router logit|.
-        train_loss_S: task loss (MSE / target variance).
+        train_loss_H: task loss (MSE / target variance).
         eval_steps, val_loss: validation loss (MSE / target variance) every few steps.
         final: statistics of the trained model on the validation tokens.
         seconds: wall time of the training.
@@ -177,16 +177,16 @@ class LabResult:
     steps: int
     load_SE: torch.Tensor
     kept_SE: torch.Tensor
-    entropy_S: list[float] = field(default_factory=list)
-    load_entropy_S: list[float] = field(default_factory=list)
-    max_over_mean_S: list[float] = field(default_factory=list)
-    cv_S: list[float] = field(default_factory=list)
-    dead_S: list[int] = field(default_factory=list)
-    drop_S: list[float] = field(default_factory=list)
-    aux_S: list[float] = field(default_factory=list)
-    z_S: list[float] = field(default_factory=list)
-    max_logit_S: list[float] = field(default_factory=list)
-    train_loss_S: list[float] = field(default_factory=list)
+    entropy_H: list[float] = field(default_factory=list)
+    load_entropy_H: list[float] = field(default_factory=list)
+    max_over_mean_H: list[float] = field(default_factory=list)
+    cv_H: list[float] = field(default_factory=list)
+    dead_H: list[int] = field(default_factory=list)
+    drop_H: list[float] = field(default_factory=list)
+    aux_H: list[float] = field(default_factory=list)
+    z_H: list[float] = field(default_factory=list)
+    max_logit_H: list[float] = field(default_factory=list)
+    train_loss_H: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     final: dict = field(default_factory=dict)
@@ -289,16 +289,16 @@ def run_setting(
             s = r.stats
             loads.append(s.routed_E)
             kept.append(s.load_E)
-            res.entropy_S.append(s.entropy)
-            res.load_entropy_S.append(s.load_entropy)
-            res.max_over_mean_S.append(s.max_over_mean)
-            res.cv_S.append(s.cv)
-            res.dead_S.append(s.dead_experts)
-            res.drop_S.append(s.drop_rate)
-            res.aux_S.append(float(r.aux_loss.detach()))
-            res.z_S.append(float(r.z_loss.detach()))
-            res.max_logit_S.append(float(r.routing.logits_TE.detach().abs().max()))
-            res.train_loss_S.append(float(task_loss.detach()) / task.target_var)
+            res.entropy_H.append(s.entropy)
+            res.load_entropy_H.append(s.load_entropy)
+            res.max_over_mean_H.append(s.max_over_mean)
+            res.cv_H.append(s.cv)
+            res.dead_H.append(s.dead_experts)
+            res.drop_H.append(s.drop_rate)
+            res.aux_H.append(float(r.aux_loss.detach()))
+            res.z_H.append(float(r.z_loss.detach()))
+            res.max_logit_H.append(float(r.routing.logits_TE.detach().abs().max()))
+            res.train_loss_H.append(float(task_loss.detach()) / task.target_var)
             if step % EVAL_EVERY == 0 or step == steps - 1:
                 res.eval_steps.append(step)
                 res.val_loss.append(evaluate(model, task)["val_loss"])

@@ -70,6 +70,8 @@ from minimoe.course.notebooks import cell_meta, has_tag
 from minimoe.course.runner import REPO_ROOT, CellRun, run_cells
 from minimoe.course.sandbox import SANDBOX_UID, Box, Pristine, can_run_as, remove_tree
 
+# Notebooks graded at once by the command: one kernel per core (each kernel runs on one thread).
+DEFAULT_JOBS = max(1, min(4, os.cpu_count() or 1))
 CHAPTER_IN_NAME = re.compile(r"(?<!\d)(\d{2})_")
 TAMPERED = "check tampered with"
 FIELDS = (
@@ -825,7 +827,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="address-space limit of each kernel in GiB, 0 for none (default 8)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"notebooks graded at once (default {DEFAULT_JOBS}: the CPU cores, at most 4)",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the rows as JSON")
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the rows as CSV")
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 EVIDENCE = "minimoe-grade {nonce} {exercise} passed"
-CHECK_MODULES = re.compile(r"^minimoe\.(checks(\..*)?|testing)$")
+CHECK_MODULES = re.compile(r"^minimoe\.(course\.checks(\..*)?|testing)$")
 # event callbacks registered by these packages are part of a normal kernel (inline plots, widgets)
 TRUSTED_CALLBACKS = (
     "IPython.",
@@ -56,8 +56,10 @@ TRUSTED_CALLBACKS = (
 )
 # builtins that ipykernel rebinds on every execution, or that are per-cell output history
 VOLATILE_BUILTINS = {"input", "raw_input", "getpass", "_", "__", "___"}
-# minimoe modules whose globals change while they work (caches filled on first use)
+# minimoe modules whose globals change while they work (the grader's own machinery, the guard
+# included); the checks and the lessons' toys under minimoe.course are tracked like the library
 VOLATILE_MODULES = ("minimoe.course.",)
+TRACKED_COURSE_MODULES = ("minimoe.course.checks", "minimoe.course.toys")
 
 _baseline: dict[tuple[str, str], Any] = {}
 _hooks: dict[str, Any] = {}
@@ -123,6 +125,8 @@ def _watched() -> list[tuple[str, dict, set[str]]]:
 
 
 def _is_tracked(name: str) -> bool:
+    if name in TRACKED_COURSE_MODULES or name.startswith("minimoe.course.checks."):
+        return True
     return (name == "minimoe" or name.startswith("minimoe.")) and not name.startswith(
         VOLATILE_MODULES
     )
@@ -286,9 +290,9 @@ def _fresh_check_modules(source: str, fp: dict) -> None:
     names to the fresh functions. `fp` (the fingerprint just verified) is brought up to date, and
     so is the baseline: the guard replaced those modules, not the learner."""
     package = sys.modules.get("minimoe.course.checks")
-    targets = re.findall(r"from\s+(minimoe\.checks\.\w+)\s+import", source)
+    targets = re.findall(r"from\s+(minimoe\.course\.checks\.\w+)\s+import", source)
     rebind: dict[str, str] = {}  # package name -> module that defines it
-    for names in re.findall(r"from\s+minimoe\.checks\s+import\s+([\w, ]+)", source):
+    for names in re.findall(r"from\s+minimoe\.course\.checks\s+import\s+([\w, ]+)", source):
         for name in (n.strip() for n in names.split(",")):
             module = getattr(getattr(package, name, None), "__module__", None)
             if isinstance(module, str) and CHECK_MODULES.match(module):

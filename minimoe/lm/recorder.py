@@ -7,7 +7,7 @@ mean, and the aux and z losses. The recorder is made by the training loop and re
 result; nothing is kept in globals.
 
     rec = result.records
-    rec.load_SLE()             # (steps, MoE layers, experts): slots processed per expert
+    rec.load_HLE()             # (steps, MoE layers, experts): slots processed per expert
     rec.metric_SL("entropy")   # (steps, MoE layers)
 """
 
@@ -75,13 +75,13 @@ class RoutingRecorder:
         for name, row in rows.items():
             self._scalars[name].append(row)
 
-    def load_SLE(self) -> torch.Tensor:
+    def load_HLE(self) -> torch.Tensor:
         """Slots each expert processed (after capacity drops): (steps, layers, experts), int64."""
         if not self._load:
             return torch.zeros(0, len(self.layer_ids), self.n_experts, dtype=torch.int64)
         return torch.stack(self._load)
 
-    def routed_SLE(self) -> torch.Tensor:
+    def routed_HLE(self) -> torch.Tensor:
         """Slots each expert was chosen for (before drops): (steps, layers, experts), int64."""
         if not self._routed:
             return torch.zeros(0, len(self.layer_ids), self.n_experts, dtype=torch.int64)
@@ -100,7 +100,7 @@ class RoutingRecorder:
         as fractions of the slots). An empty list if nothing was recorded."""
         if not self.steps:
             return []
-        load_LE = self.load_SLE()[-last:].double().sum(0)
+        load_LE = self.load_HLE()[-last:].double().sum(0)
         out = []
         for i, layer in enumerate(self.layer_ids):
             row: dict = {"layer": layer}

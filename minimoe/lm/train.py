@@ -1,7 +1,7 @@
 """The training loop of the tiny MoE language model: AdamW, a progress bar, evaluation, a recorder.
 
     result = train(TinyLM(cfg), build_corpus(), TrainConfig(steps=300))
-    result.history.val_loss, result.records.load_SLE()
+    result.history.val_loss, result.records.load_HLE()
 
 The loss that is optimised is
 

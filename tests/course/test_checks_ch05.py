@@ -109,23 +109,23 @@ def sort_by_expert(expert_TK, keep_TK, n_experts, *, stable=True, invert=True, m
                    k_major=False, dropped=-1):  # fmt: skip
     """The right answer, with switches that make it a learner's mistake."""
     T, K = expert_TK.shape
-    expert_S = (expert_TK.t() if k_major else expert_TK).reshape(-1)
-    keep_S = (keep_TK.t() if k_major else keep_TK).reshape(-1)
+    expert_N = (expert_TK.t() if k_major else expert_TK).reshape(-1)
+    keep_N = (keep_TK.t() if k_major else keep_TK).reshape(-1)
     if not use_keep:
-        keep_S = torch.ones_like(keep_S)
-    kept_N = torch.nonzero(keep_S).squeeze(1)
-    sorted_e_N, by_expert_N = torch.sort(expert_S[kept_N], stable=stable)
+        keep_N = torch.ones_like(keep_N)
+    kept_N = torch.nonzero(keep_N).squeeze(1)
+    sorted_e_N, by_expert_N = torch.sort(expert_N[kept_N], stable=stable)
     order_N = kept_N[by_expert_N]
     counts_E = torch.bincount(sorted_e_N, minlength=n_experts if minlength else 0)
     ends_E = torch.cumsum(counts_E, 0)
     offsets_E = ends_E - counts_E if exclusive else ends_E
     if leading_zero:
         offsets_E = torch.cat([torch.zeros(1, dtype=ends_E.dtype), ends_E])
-    inverse_S = torch.full_like(expert_S, dropped)
-    inverse_S[order_N] = torch.arange(order_N.numel())
+    inverse_N = torch.full_like(expert_N, dropped)
+    inverse_N[order_N] = torch.arange(order_N.numel())
     if token_ids:
         order_N = order_N // K
-    return order_N, counts_E, offsets_E.to(torch.int32), inverse_S if invert else order_N
+    return order_N, counts_E, offsets_E.to(torch.int32), inverse_N if invert else order_N
 
 
 def sort_with(**kw):

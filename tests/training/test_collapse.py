@@ -74,7 +74,7 @@ def test_record_has_one_row_per_step(seed0) -> None:
     res = seed0["capacity + drops"]
     S, E = STEPS, 8
     assert res.load_SE.shape == (S, E) and res.kept_SE.shape == (S, E)
-    for name in ("entropy_S", "max_over_mean_S", "dead_S", "aux_S", "z_S", "max_logit_S"):
+    for name in ("entropy_H", "max_over_mean_H", "dead_H", "aux_H", "z_H", "max_logit_H"):
         assert len(getattr(res, name)) == S, name
     # every step routes T*K slots; drops remove some of them and never add any
     assert torch.all(res.load_SE.sum(1) == 256 * 2)
@@ -82,17 +82,17 @@ def test_record_has_one_row_per_step(seed0) -> None:
     assert res.eval_steps[0] == 0 and res.eval_steps[-1] == S - 1
     # a recorded step's statistics are those of routing_stats on its counts
     s = routing_stats(torch.repeat_interleave(torch.arange(E), res.load_SE[-1]).view(-1, 1), E)
-    assert math.isclose(s.max_over_mean, res.max_over_mean_S[-1], rel_tol=1e-9)
-    assert s.dead_experts == res.dead_S[-1]
+    assert math.isclose(s.max_over_mean, res.max_over_mean_H[-1], rel_tol=1e-9)
+    assert s.dead_experts == res.dead_H[-1]
 
 
 def test_no_balancing_collapses_during_training(seed0) -> None:
     res = seed0["no balancing"]
-    assert res.dead_S[0] == 0 and res.max_over_mean_S[0] < 2.0  # balanced at the start
+    assert res.dead_H[0] == 0 and res.max_over_mean_H[0] < 2.0  # balanced at the start
     f = res.final
     assert f["dead_experts"] >= 3 and f["max_over_mean"] > 3.0
     # the z-loss grows from its value at uniform logits, (log E)^2 (ST-MoE's logit growth)
-    assert res.z_S[-1] > 1.5 * math.log(8) ** 2
+    assert res.z_H[-1] > 1.5 * math.log(8) ** 2
 
 
 def test_remedies_on_seed0(seed0) -> None:

@@ -103,7 +103,7 @@ def test_recorder_shapes_and_conservation(corpus):
     result = train(_model(cfg), corpus, TrainConfig(steps=3, **FAST), progress=False)
     rec = result.records
     assert rec.layer_ids == [1] and rec.steps == [1, 2, 3] and len(rec) == 3
-    routed, load = rec.routed_SLE(), rec.load_SLE()
+    routed, load = rec.routed_HLE(), rec.load_HLE()
     assert routed.shape == load.shape == (3, 1, 4)
     assert (routed.sum(-1) == 8 * 16 * 2).all()  # every token's K slots were routed
     drop_SL = rec.metric_SL("drop_rate")
@@ -115,7 +115,7 @@ def test_recorder_shapes_and_conservation(corpus):
     with pytest.raises(KeyError, match="unknown statistic"):
         rec.metric_SL("loss")
     dense = train(_model(dense_twin(CFG)), corpus, TrainConfig(steps=2, **FAST), progress=False)
-    assert dense.records.load_SLE().shape == (0, 0, 1) and dense.records.summary() == []
+    assert dense.records.load_HLE().shape == (0, 0, 1) and dense.records.summary() == []
     assert dense.history.aux_loss == [0.0, 0.0]
 
 

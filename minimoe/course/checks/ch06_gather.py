@@ -60,10 +60,10 @@ def pad_by_expert(
          expert_ids int32 of length n_blocks). An expert without slots gets no block.
     """
     T, K = expert_TK.shape
-    expert_S, keep_S = expert_TK.reshape(-1), keep_TK.reshape(-1)
+    expert_N, keep_N = expert_TK.reshape(-1), keep_TK.reshape(-1)
     ids, experts = [], []
     for e in range(n_experts):
-        slots = torch.nonzero((expert_S == e) & keep_S).squeeze(1)
+        slots = torch.nonzero((expert_N == e) & keep_N).squeeze(1)
         n_blocks = _cdiv(slots.numel(), block_m)
         padded = torch.full((n_blocks * block_m,), T * K, dtype=torch.long)
         padded[: slots.numel()] = slots
