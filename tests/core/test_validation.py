@@ -82,23 +82,23 @@ def experts_rows(fn):
             lambda: fn(X, EXPERT, GATE, PARAMS, torch.ones(6, 3, dtype=torch.bool)),
             ValueError,
             "keep_TK must have shape",
-        ),  # fmt: skip
+        ),
         (lambda: fn(X, EXPERT, GATE, PARAMS._replace(w3_EFD=None)), ValueError, "needs w3_EFD"),
         (
             lambda: fn(X, EXPERT, GATE, PARAMS._replace(w3_EFD=PARAMS.w3_EFD[:, :9])),
             ValueError,
             "w3_EFD must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: fn(X, EXPERT, GATE, PARAMS._replace(w2_EDF=PARAMS.w1_EFD)),
             ValueError,
             "w2_EDF must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: fn(X, EXPERT, GATE, PARAMS._replace(activation="tanh")),
             ValueError,
             "activation='tanh'",
-        ),  # fmt: skip
+        ),
         (lambda: fn(X, EXPERT, GATE, (PARAMS.w1_EFD, PARAMS.w2_EDF)), TypeError, "ExpertParams"),
     ]
 
@@ -118,7 +118,7 @@ def _triton_rows():
                 ValueError,
                 "out must be",
             )
-        ],  # fmt: skip
+        ],
         "grouped_gemm_v2": [
             (lambda: mt.grouped_gemm_v2(X, W, EXPERT + 1), ValueError, "expert ids must be in"),
             (lambda: mt.grouped_gemm_v2(X[:, :7], W, EXPERT), ValueError, "need x"),
@@ -126,17 +126,17 @@ def _triton_rows():
                 lambda: mt.grouped_gemm_v2(X, W, EXPERT.float()),
                 TypeError,
                 "expert_TK must be int64",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.grouped_gemm_v2(X, W, EXPERT, config=(16, 16)),
                 TypeError,
                 "KernelConfig",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.grouped_gemm_v2(X.double(), W.double(), EXPERT),
                 TypeError,
                 "float32 or float16",
-            ),  # fmt: skip
+            ),
         ],
         "matmul_v1": [
             (lambda: mt.matmul_v1(X, X), ValueError, r"\(R, I\) @ \(I, O\)"),
@@ -148,27 +148,27 @@ def _triton_rows():
                 lambda: mt.align_block_size(EXPERT, None, 4, 16),
                 ValueError,
                 "expert ids must be in",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.align_block_size(EXPERT, None, 5, 0),
                 ValueError,
                 "block_m must be a positive int",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.align_block_size(EXPERT, None, 5.0, 16),
                 TypeError,
                 "n_experts must be an int",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.align_block_size(EXPERT.float(), None, 5, 16),
                 TypeError,
                 "expert_TK must be int",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.align_block_size(EXPERT, torch.ones(6, 2), 5, 16),
                 TypeError,
                 "keep_TK must be a bool",
-            ),  # fmt: skip
+            ),
         ],
         "KernelConfig": [
             (lambda: mt.KernelConfig(block_m=24), ValueError, "block_m must be a power of two"),
@@ -184,12 +184,12 @@ def _triton_rows():
                 lambda: mt.tuned_config(8, 16, 16, 0, 1, "cuda"),
                 ValueError,
                 "E must be a positive int",
-            ),  # fmt: skip
+            ),
             (
                 lambda: mt.tuned_config(8, 16, 16, 4, 5, "cuda"),
                 ValueError,
                 r"K must be an int in \[1, 4\]",
-            ),  # fmt: skip
+            ),
             (lambda: mt.tuned_config(8.0, 16, 16, 4, 2, "cpu"), TypeError, "T must be an int"),
         ],
     }
@@ -210,7 +210,7 @@ BAD_INPUTS = {
             cfg(capacity_formula="switch", expert_capacity=2.5),
             TypeError,
             "expert_capacity must be an int",
-        ),  # fmt: skip
+        ),
         (cfg(capacity_formula="switch"), ValueError, "needs expert_capacity"),
         (cfg(group_size=4.0), TypeError, "group_size must be an int"),
         (cfg(group_size=-2), ValueError, "group_size must be a positive int"),
@@ -218,12 +218,12 @@ BAD_INPUTS = {
             cfg(gating="deepseek_v3", routed_scaling_factor=-1.0),
             ValueError,
             "routed_scaling_factor must be > 0",
-        ),  # fmt: skip
+        ),
         (
             cfg(gating="deepseek_v3", routed_scaling_factor=math.nan),
             ValueError,
             "routed_scaling_factor",
-        ),  # fmt: skip
+        ),
         (cfg(seed=1.5), TypeError, "seed must be an int"),
         (cfg(jitter_eps=1.0), ValueError, r"jitter_eps must be in \[0, 1\)"),
         (cfg(jitter_scope="experts"), ValueError, "jitter_scope='experts' is not one of"),
@@ -236,12 +236,12 @@ BAD_INPUTS = {
             cfg(gating="deepseek_v3", n_groups=2, topk_groups=3),
             ValueError,
             "topk_groups must be an int in",
-        ),  # fmt: skip
+        ),
         (
             cfg(gating="deepseek_v3", n_groups=4, topk_groups=1),
             ValueError,
             "top_k exceeds the 1 experts",
-        ),  # fmt: skip
+        ),
         (cfg(renormalize_after_drop=1), TypeError, "renormalize_after_drop must be True or False"),
         (cfg(aux_loss="gshard"), ValueError, "aux_loss='gshard' is not one of"),
         (cfg(aux_loss_per_group=True), ValueError, "aux_loss_per_group=True .* needs"),
@@ -249,7 +249,7 @@ BAD_INPUTS = {
             cfg(aux_loss_per_group=True, group_size=2, aux_loss="mixtral"),
             ValueError,
             "aux_loss='switch'",
-        ),  # fmt: skip
+        ),
     ],
     "route": [
         (lambda: route(LOGITS, 0), ValueError, "top_k must be in"),
@@ -262,49 +262,49 @@ BAD_INPUTS = {
             lambda: route(LOGITS, 2, "deepseek_v3", bias_E=torch.zeros(4)),
             ValueError,
             r"bias_E must have shape \(5,\)",
-        ),  # fmt: skip
+        ),
         (lambda: route(LOGITS, 2, "mixtral", bias_E=torch.zeros(5)), ValueError, "selection bias"),
         (
             lambda: route(LOGITS, 2, select_noise_TE=torch.zeros(6, 4)),
             ValueError,
             "select_noise_TE must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS, 2, "deepseek_v3", n_groups=2),
             ValueError,
             "n_groups=2 must divide n_experts=5",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS[:, :4], 3, "deepseek_v3", n_groups=2, topk_groups=1),
             ValueError,
             "top_k exceeds the 2 experts",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=0),
             ValueError,
             "topk_groups must be an int in",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS[:, :4], 2, "deepseek_v3", n_groups=2, topk_groups=3),
             ValueError,
             "topk_groups must be an int in",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS, 2, "mixtral", n_groups=5, topk_groups=1),
             ValueError,
             "group-limited",
-        ),  # fmt: skip
+        ),
         (
             lambda: route(LOGITS, 2, "deepseek_v3", routed_scaling_factor=0.0),
             ValueError,
             "routed_scaling_factor must be > 0",
-        ),  # fmt: skip
+        ),
         (lambda: route(LOGITS, 2, clean_first_choice=True), ValueError, "needs select_noise_TE"),
         (
             lambda: route(LOGITS, 2, "switch", norm_topk_prob=False),
             ValueError,
             "norm_topk_prob=False",
-        ),  # fmt: skip
+        ),
     ],
     "assign_slots": [
         (lambda: assign_slots(EXPERT, GATE, 4, 2), ValueError, r"expert ids must be in \[0, 4\)"),
@@ -317,18 +317,18 @@ BAD_INPUTS = {
             lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=0),
             ValueError,
             "group_size must be a positive int",
-        ),  # fmt: skip
+        ),
         (lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=-3), ValueError, "group_size"),
         (
             lambda: assign_slots(EXPERT, GATE, 5, 2, group_size=4),
             ValueError,
             "do not split into groups",
-        ),  # fmt: skip
+        ),
         (
             lambda: assign_slots(EXPERT, GATE, 5, 2, "fifo"),
             ValueError,
             "policy='fifo' is not one of",
-        ),  # fmt: skip
+        ),
         (lambda: assign_slots(EXPERT.float(), GATE, 5, 2), TypeError, "expert_TK must be int64"),
         (lambda: assign_slots(EXPERT, GATE[:, :1], 5, 2), ValueError, "gate_TK must have shape"),
         (lambda: assign_slots(EXPERT, GATE, 5, 2, "random", generator=0), TypeError, "generator"),
@@ -338,13 +338,13 @@ BAD_INPUTS = {
             lambda: expert_capacity(8, 4, 1, "deepspeed", math.inf),
             ValueError,
             "capacity_factor must be > 0 and finite",
-        ),  # fmt: skip
+        ),
         (lambda: expert_capacity(8, 4, 1, "deepspeed", 1e39), ValueError, "overflows float32"),
         (
             lambda: expert_capacity(8, 4, 1, "deepspeed", 0.0),
             ValueError,
             "capacity_factor must be > 0",
-        ),  # fmt: skip
+        ),
         (lambda: expert_capacity(8.0, 4, 1), TypeError, "n_tokens must be an int"),
         (lambda: expert_capacity(-1, 4, 1), ValueError, "n_tokens must be an int >= 0"),
         (lambda: expert_capacity(8, 0, 1), ValueError, "n_experts must be a positive int"),
@@ -353,12 +353,12 @@ BAD_INPUTS = {
             lambda: expert_capacity(8, 4, 1, "deepspeed", 1.0, 2.0),
             TypeError,
             "min_capacity must be an int",
-        ),  # fmt: skip
+        ),
         (
             lambda: expert_capacity(8, 4, 1, "switch", 1.0, 0, 2.5),
             TypeError,
             "fixed_capacity must be an int",
-        ),  # fmt: skip
+        ),
         (lambda: expert_capacity(8, 4, 1, "switch"), ValueError, "needs fixed_capacity"),
         (lambda: expert_capacity(8, 4, 1, "floor"), ValueError, "formula='floor' is not one of"),
     ],
@@ -367,26 +367,26 @@ BAD_INPUTS = {
             lambda: load_balancing_loss(PROBS, EXPERT + 1),
             ValueError,
             r"expert ids must be in \[0, 5\)",
-        ),  # fmt: skip
+        ),
         (lambda: load_balancing_loss(PROBS, EXPERT - 1), ValueError, "expert ids must be in"),
         (lambda: load_balancing_loss(PROBS[:5], EXPERT), ValueError, "must agree on T"),
         (
             lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(5, dtype=torch.bool)),
             ValueError,
             r"mask_T must have shape \(6,\)",
-        ),  # fmt: skip
+        ),
         (
             lambda: load_balancing_loss(PROBS, EXPERT, mask_T=torch.ones(6)),
             TypeError,
             "mask_T must be a bool",
-        ),  # fmt: skip
+        ),
         (lambda: load_balancing_loss(PROBS, EXPERT.float()), TypeError, "expert_TK must be int64"),
         (lambda: load_balancing_loss(PROBS[0], EXPERT), ValueError, "probs_TE must be 2-D"),
         (
             lambda: load_balancing_loss(PROBS, EXPERT, group_size=4),
             ValueError,
             "do not split into groups",
-        ),  # fmt: skip
+        ),
         (lambda: load_balancing_loss(PROBS, EXPERT, group_size=0), ValueError, "group_size"),
     ],
     "mixtral_load_balancing_loss": [
@@ -394,12 +394,12 @@ BAD_INPUTS = {
             lambda: mixtral_load_balancing_loss(PROBS, EXPERT + 1),
             ValueError,
             "expert ids must be in",
-        ),  # fmt: skip
+        ),
         (
             lambda: mixtral_load_balancing_loss(PROBS, EXPERT - 1),
             ValueError,
             "expert ids must be in",
-        ),  # fmt: skip
+        ),
         (lambda: mixtral_load_balancing_loss(PROBS[:4], EXPERT), ValueError, "must agree on T"),
         (
             lambda: mixtral_load_balancing_loss(
@@ -407,12 +407,12 @@ BAD_INPUTS = {
             ),
             ValueError,
             "mask_T must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: mixtral_load_balancing_loss(PROBS.long(), EXPERT),
             TypeError,
             "probs_TE must be a floating",
-        ),  # fmt: skip
+        ),
     ],
     "z_loss": [
         (lambda: z_loss(LOGITS[0]), ValueError, "logits_TE must be 2-D"),
@@ -421,7 +421,7 @@ BAD_INPUTS = {
             lambda: z_loss(LOGITS, mask_T=torch.ones(2, dtype=torch.bool)),
             ValueError,
             "mask_T must have shape",
-        ),  # fmt: skip
+        ),
     ],
     "routing_stats": [
         (lambda: routing_stats(EXPERT, 4), ValueError, "expert ids must be in"),
@@ -431,29 +431,29 @@ BAD_INPUTS = {
             lambda: routing_stats(EXPERT, 5, keep_TK=torch.ones(6, 1, dtype=torch.bool)),
             ValueError,
             "keep_TK must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: routing_stats(EXPERT, 5, probs_TE=PROBS[:, :4]),
             ValueError,
             "probs_TE must have shape",
-        ),  # fmt: skip
+        ),
     ],
     "renormalize_survivors": [
         (
             lambda: renormalize_survivors(GATE, torch.ones(6, 3, dtype=torch.bool)),
             ValueError,
             "keep_TK must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: renormalize_survivors(GATE, torch.ones(6, 2)),
             TypeError,
             "keep_TK must be a bool",
-        ),  # fmt: skip
+        ),
         (
             lambda: renormalize_survivors(GATE.long(), GATE > 0),
             TypeError,
             "gate_TK must be a floating",
-        ),  # fmt: skip
+        ),
     ],
     "random_second_expert": [
         (lambda: random_second_expert(GATE), ValueError, "prob2_T must be 1-D"),
@@ -465,32 +465,32 @@ BAD_INPUTS = {
             lambda: dispatch_combine_tensors(EXPERT, GATE, None, 4),
             ValueError,
             "expert ids must be in",
-        ),  # fmt: skip
+        ),
         (
             lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 1.5),
             TypeError,
             "capacity must be an int",
-        ),  # fmt: skip
+        ),
         (
             lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, -1),
             ValueError,
             "capacity must be an int >= 0",
-        ),  # fmt: skip
+        ),
         (
             lambda: dispatch_combine_tensors(EXPERT, GATE[:, :1], None, 5),
             ValueError,
             "gate_TK must have shape",
-        ),  # fmt: skip
+        ),
         (
             lambda: dispatch_combine_tensors(EXPERT, GATE, torch.ones(6, 2), 5),
             TypeError,
             "keep_TK must be a bool",
-        ),  # fmt: skip
+        ),
         (
             lambda: dispatch_combine_tensors(EXPERT, GATE, None, 5, 2, position_TK=EXPERT[:, :1]),
             ValueError,
             "position_TK must have shape",
-        ),  # fmt: skip
+        ),
     ],
     "sort_slots": [
         (lambda: sort_slots(EXPERT, None, 4), ValueError, "expert ids must be in"),
@@ -508,7 +508,7 @@ BAD_INPUTS = {
             lambda: Router(8, 4)(torch.ones(3, 8, dtype=torch.long)),
             TypeError,
             "x_TD must be a floating",
-        ),  # fmt: skip
+        ),
     ],
     "Experts": [
         (lambda: Experts(4, 8, 16, "tanh"), ValueError, "activation='tanh'"),
@@ -521,17 +521,17 @@ BAD_INPUTS = {
             lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 7)),
             ValueError,
             "must end in d_model=8",
-        ),  # fmt: skip
+        ),
         (
             lambda: MoELayer(MoEConfig(**BASE))(torch.randn(3, 8).double()),
             TypeError,
             "layer is torch.float32",
-        ),  # fmt: skip
+        ),
         (
             lambda: MoELayer(MoEConfig(**BASE, group_size=4))(torch.randn(6, 8)),
             ValueError,
             "do not split into groups",
-        ),  # fmt: skip
+        ),
     ],
     "moe_cost": [
         (lambda: moe_cost("magic", T=4, D=8, F=8, E=4, K=2), ValueError, "impl='magic'"),
@@ -540,12 +540,12 @@ BAD_INPUTS = {
             lambda: moe_cost("loop", T=4, D=8, F=8, E=4, K=2, activation="tanh"),
             ValueError,
             "activation",
-        ),  # fmt: skip
+        ),
         (
             lambda: moe_cost("einsum", T=4, D=8, F=8, E=4, K=2, capacity=2.5),
             TypeError,
             "capacity must be an int",
-        ),  # fmt: skip
+        ),
     ],
     "count_moe_params": [
         (lambda: count_moe_params(BASE), TypeError, "cfg must be a MoEConfig"),
@@ -564,7 +564,7 @@ BAD_INPUTS = {
             ),
             TypeError,
             "hidden_size must be an int",
-        ),  # fmt: skip
+        ),
         (
             lambda: count_decoder_params(
                 vocab_size=10,
@@ -579,14 +579,14 @@ BAD_INPUTS = {
             ),
             ValueError,
             "activation",
-        ),  # fmt: skip
+        ),
     ],
     "ffn": [
         (
             lambda: ffn(X, PARAMS.w1_EFD[0], PARAMS.w2_EDF[0], None, "tanh"),
             ValueError,
             "activation='tanh'",
-        ),  # fmt: skip
+        ),
     ],
     "expert_ffn": [
         (lambda: expert_ffn(X, PARAMS, 5), ValueError, r"expert e must be an int in \[0, 4\]"),

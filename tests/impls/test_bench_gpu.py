@@ -72,7 +72,7 @@ def test_report_has_a_gpu_section_only_for_gpu_runs():
                pct_matmul=1.0, tbps_touched=2.0, pct_copy=50.0, ms_fwd_bwd=3.0)  # fmt: skip
     result = dict(
         machine=dict(device="cuda", device_name="GPU", cpu_count=1, torch="x", torch_threads=1,
-                     transformers=None),  # fmt: skip
+                     transformers=None),
         settings=dict(dtype="bfloat16", repeats=1, shapes={"tiny": [32, 64, 4, 2]}),
         rows=[row], skipped=[], elapsed_s=1.0,
     )  # fmt: skip

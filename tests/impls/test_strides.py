@@ -70,7 +70,7 @@ LAYOUTS = {
         w1=strided_slice,
         w2=column_major,
         w3=column_major,
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -46,7 +46,7 @@ TRITON_HINTS = (
         "incompatible dimensions",
         "two blocks have shapes that do not broadcast: a [:, None] or "
         "[None, :] is missing or swapped",
-    ),  # fmt: skip
+    ),
     ("unsupported AST node type: Raise", "replace the `raise NotImplementedError(...)` line"),
 )
 
