@@ -351,6 +351,15 @@ def _add_cell_run_and_save(page, cell, code: str, saved_file: Path, marker: str)
     page.keyboard.press("Enter")  # edit it
     page.keyboard.type(code)
     page.keyboard.press("Shift+Enter")
+    # the cell has run when its prompt shows an execution count ([*] while it runs), and its
+    # outputs arrive before that count does: save only then, or the file may miss them
+    page.wait_for_function(
+        """(marker) => [...document.querySelectorAll('.jp-CodeCell')].some(c =>
+            c.innerText.includes(marker)
+            && /\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt')?.innerText || ''))""",
+        arg=marker,
+        timeout=TIMEOUT_MS,
+    )
     page.locator(f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
         timeout=TIMEOUT_MS
     )
