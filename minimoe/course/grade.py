@@ -58,6 +58,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -123,8 +124,8 @@ def find_submissions(paths: list[str | Path]) -> list[tuple[Path, str]]:
         for path in files:
             if ".ipynb_checkpoints" in path.parts or not path.is_file():
                 continue
-            match = CHAPTER_IN_NAME.search(path.name)
-            student = path.name[: match.start()].strip("_- .") if match else ""
+            matches = list(CHAPTER_IN_NAME.finditer(path.name))  # the last is the chapter's
+            student = path.name[: matches[-1].start()].strip("_- .") if matches else ""
             if not student and path != root and path.parent != root:
                 student = path.parent.name
             found.append((path, student))
@@ -217,19 +218,23 @@ def load_submission(data: bytes) -> NotebookNode:
     return nb
 
 
-def chapter_of(path: Path, nb: NotebookNode) -> str | None:
-    """The chapter "NN": metadata minimoe.chapter if it is one, else the `NN_` in the file name,
-    else the chapter of the exercise numbers ("06.2") on the notebook's check cells, when they
-    agree (a learner may rename the file: `alice_06.ipynb`)."""
+def chapter_of(path: Path, nb: NotebookNode, known: Collection[str] | None = None) -> str | None:
+    """The chapter "NN": metadata minimoe.chapter if it is one, else the `NN_` in the file name
+    (the last one, or the last of the `known` chapters when the name has several:
+    `student91_01_dense.ipynb` is chapter 01), else the chapter of the exercise numbers ("06.2")
+    on the notebook's check cells, when they agree (a learner may rename the file:
+    `alice_06.ipynb`)."""
     meta = nb.metadata.get("minimoe", {})
     chapter = meta.get("chapter") if isinstance(meta, dict) else None
     if isinstance(chapter, int) and not isinstance(chapter, bool) and 0 <= chapter < 100:
         return f"{chapter:02d}"
     if isinstance(chapter, str) and re.fullmatch(r"\d{2}", chapter):
         return chapter
-    match = CHAPTER_IN_NAME.search(path.name)
-    if match:
-        return match.group(1)
+    in_name = [m.group(1) for m in CHAPTER_IN_NAME.finditer(path.name)]
+    if known is not None and any(c in known for c in in_name):
+        in_name = [c for c in in_name if c in known]
+    if in_name:
+        return in_name[-1]
     chapters = set()
     for cell in nb.cells:
         exercise = cell_meta(cell).get("exercise")
@@ -528,7 +533,7 @@ def _prepare(
     except SubmissionError as err:
         job.rows = [_error_row(job.path, job.student, None, str(err))]
         return
-    chapter = chapter_of(job.path, submission)
+    chapter = chapter_of(job.path, submission, known=solutions.keys())
     if chapter is None:
         job.rows = [
             _error_row(

@@ -91,6 +91,11 @@ def test_student_and_chapter_come_from_file_names_and_folders(tmp_path):
     }
     nb = nbformat.v4.new_notebook()
     assert g.chapter_of(Path("x_2024_05_a.ipynb"), nb) == "05"
+    # a student name ending in two digits: the chapter is the last NN_, or the one that exists
+    assert g.chapter_of(Path("student91_01_dense.ipynb"), nb) == "01"
+    assert g.chapter_of(Path("bob_01_notes_91_x.ipynb"), nb, known={"00", "01"}) == "01"
+    (tmp_path / "student91_01_dense.ipynb").write_text("{}")
+    assert g.find_submissions([tmp_path / "student91_01_dense.ipynb"])[0][1] == "student91"
     assert g.chapter_of(Path("notes.ipynb"), nb) is None
     nb.metadata["minimoe"] = {"chapter": 3}
     assert g.chapter_of(Path("notes.ipynb"), nb) == "03"
