@@ -56,9 +56,10 @@ TRUSTED_CALLBACKS = (
 )
 # builtins that ipykernel rebinds on every execution, or that are per-cell output history
 VOLATILE_BUILTINS = {"input", "raw_input", "getpass", "_", "__", "___"}
-# minimoe modules whose globals change while they work (the grader's own machinery, the guard
-# included); the checks and the lessons' toys under minimoe.course are tracked like the library
-VOLATILE_MODULES = ("minimoe.course.",)
+# minimoe modules whose globals change while they work: the grader's own machinery under
+# minimoe.course (the guard included), except the checks and the lessons' toys, tracked like
+# the library
+VOLATILE_MODULES = "minimoe.course."
 TRACKED_COURSE_MODULES = ("minimoe.course.checks", "minimoe.course.toys")
 
 _baseline: dict[tuple[str, str], Any] = {}
@@ -125,11 +126,9 @@ def _watched() -> list[tuple[str, dict, set[str]]]:
 
 
 def _is_tracked(name: str) -> bool:
-    if name in TRACKED_COURSE_MODULES or name.startswith("minimoe.course.checks."):
-        return True
-    return (name == "minimoe" or name.startswith("minimoe.")) and not name.startswith(
-        VOLATILE_MODULES
-    )
+    if name.startswith(VOLATILE_MODULES):
+        return name.startswith(TRACKED_COURSE_MODULES)
+    return name == "minimoe" or name.startswith("minimoe.")
 
 
 def fingerprint() -> dict[tuple[str, str], Any]:
