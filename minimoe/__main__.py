@@ -1,4 +1,4 @@
-"""The `minimoe` command: `python -m minimoe doctor | grade | lab | bench | train | collapse-lab`.
+"""The `minimoe` command: `python -m minimoe COMMAND`, one module per command (`SUBCOMMANDS`).
 
 Each subcommand lives in its own module, which provides
 
@@ -25,6 +25,10 @@ SUBCOMMANDS = {
     "bench": ("minimoe.bench", "benchmark the MoE implementations"),
     "train": ("minimoe.lm", "train the tiny MoE language model (or its dense twin)"),
     "collapse-lab": ("minimoe.collapse", "collapse a router, then recover it with each remedy"),
+    "zoo": ("minimoe.zoo", "train every router of chapter 08 on the same tasks and compare them"),
+    "ep": ("minimoe.distributed", "expert parallelism over processes: check it and time it"),
+    "generate": ("minimoe.serving.cli_generate", "generate text with the tiny MoE LM (KV cache)"),
+    "offload": ("minimoe.serving.cli_offload", "serve the tiny LM with offloaded, cached experts"),
 }
 
 
