@@ -1,0 +1,38 @@
+"""The routing zoo: routers beyond token-choice top-k, each from its paper, checked against a loop.
+
+Functions (the routing and experts steps, float32 or float64, T = 0 allowed):
+
+    expert_choice_capacity, expert_choice, expert_choice_moe   Zhou et al. 2022 (arXiv 2202.09368)
+    soft_moe_weights, soft_moe                                 Puigcerver et al. 2023 (2308.00951)
+    hash_table, hash_route                                     Roller et al. 2021 (2106.04426)
+    shared_routed_forward                                      DeepSeekMoE (2401.06066), eqs. 9-11
+    recurrent_router_step                                      Qiu et al. 2024 (2408.06793)
+    measure_causality                                          the future leak, measured
+
+Local shape letter: Z, the recurrent router's state size. C in expert choice is the tokens each
+expert takes; in Soft MoE the slots per expert (the rows an expert processes, as the glossary's C).
+
+The layers that plug these into `TinyLM` and the collapse lab live in `minimoe.zoo.layers`; the
+arena (`python -m minimoe zoo`) in `minimoe.zoo.arena` and `minimoe.zoo.cli`.
+"""
+
+from minimoe.zoo.causality import CausalityReport, measure_causality
+from minimoe.zoo.expert_choice import expert_choice, expert_choice_capacity, expert_choice_moe
+from minimoe.zoo.fine_grained import shared_routed_forward
+from minimoe.zoo.hash import hash_route, hash_table
+from minimoe.zoo.recurrent import recurrent_router_step
+from minimoe.zoo.soft_moe import soft_moe, soft_moe_weights
+
+__all__ = [
+    "CausalityReport",
+    "expert_choice",
+    "expert_choice_capacity",
+    "expert_choice_moe",
+    "hash_route",
+    "hash_table",
+    "measure_causality",
+    "recurrent_router_step",
+    "shared_routed_forward",
+    "soft_moe",
+    "soft_moe_weights",
+]
