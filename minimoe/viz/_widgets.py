@@ -12,6 +12,8 @@ marker shape and dropped slots by hatching or an outline.
 
 from __future__ import annotations
 
+import html
+import os
 import time
 from collections.abc import Callable
 
@@ -125,6 +127,13 @@ class Explorer(widgets.VBox):
         self.update_ms: dict[str, list[float]] = {name: [] for name in controls}
         self._hold = False
 
+    def _repr_mimebundle_(self, **kwargs):
+        # In the course's website there is no kernel to move the controls: show the figures as
+        # they are now, interactive plotly figures still (zoom, hover), and say how to run it live.
+        if in_book_build():
+            return {"text/html": static_snapshot(self), "text/plain": repr(self)}
+        return super()._repr_mimebundle_(**kwargs)
+
     def _watch(self, update: Callable[[], None]) -> None:
         """Call `update` (timed) whenever any control's value changes."""
         for name, control in self.controls.items():
@@ -165,3 +174,74 @@ def control_layout(description_width: str = "11em") -> dict:
 def note(html: str) -> widgets.HTML:
     """A small grey explanatory line under the controls."""
     return widgets.HTML(f"<div style='color:#555;font-size:0.9em;line-height:1.4'>{html}</div>")
+
+
+# The course's website (`make book`, minimoe.course.book) executes the lessons with this variable
+# set: no kernel stays behind the pages, so widgets would show as nothing.
+BOOK_ENV = "MINIMOE_BOOK"
+LIVE_NOTE = (
+    "A snapshot: the controls of this explorer need a running kernel. To move them, run the "
+    "course locally: <code>make lab</code> opens this notebook in JupyterLab."
+)
+
+
+def in_book_build() -> bool:
+    """Whether this kernel executes the lessons for the course's website (MINIMOE_BOOK=1)."""
+    return os.environ.get(BOOK_ENV) == "1"
+
+
+def _figure_html(fig) -> str:
+    """A plotly figure as a <div> and the script that draws it with the page's own plotly.js
+    (the website serves plotly.min.js itself: no CDN, no MathJax from the network)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    return pio.to_html(
+        go.Figure(fig), include_plotlyjs=False, include_mathjax=False, full_html=False,
+        default_width="100%", validate=False,
+    )  # fmt: skip
+
+
+def static_snapshot(widget) -> str:
+    """HTML of a widget tree as it stands: figures drawn, HTML shown, each control's value as
+    text, and the note on how to run it live. What the website shows in place of an explorer."""
+
+    def walk(w) -> str:
+        import plotly.graph_objects as go
+
+        if isinstance(w, go.FigureWidget):
+            return _figure_html(w)
+        if isinstance(w, widgets.Box):
+            return "<div>" + "".join(walk(c) for c in w.children) + "</div>"
+        if isinstance(w, (widgets.HTML, widgets.HTMLMath)):
+            return f"<div>{w.value}</div>"
+        if isinstance(w, widgets.ValueWidget) and getattr(w, "description", ""):
+            value = w.value if not isinstance(w.value, float) else round(w.value, 4)
+            return (
+                "<div class='minimoe-control'>"
+                f"{html.escape(str(w.description))} <b>{html.escape(str(value))}</b></div>"
+            )
+        return ""
+
+    note = f"<div class='minimoe-live-note'>{LIVE_NOTE}</div>"
+    return f"<div class='minimoe-snapshot'>{note}{walk(widget)}</div>"
+
+
+def use_book_renderer() -> None:
+    """Make every plotly figure shown in this kernel render for the website (called on import
+    when MINIMOE_BOOK=1): plotly's own HTML renderers load plotly.js or MathJax from a CDN."""
+    import plotly.io as pio
+    from plotly.io._base_renderers import MimetypeRenderer
+
+    class BookRenderer(MimetypeRenderer):
+        """The figure's HTML, drawn by the page's own plotly.js."""
+
+        def to_mimebundle(self, fig_dict):
+            return {"text/html": _figure_html(fig_dict)}
+
+    pio.renderers["minimoe_book"] = BookRenderer()
+    pio.renderers.default = "minimoe_book"
+
+
+if in_book_build():
+    use_book_renderer()
