@@ -8,7 +8,7 @@ COURSE_STAMP := $(VENV)/.course-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 JOBS ?= 2
 
-.PHONY: lab test quick setup reset lint clean exercises chromium
+.PHONY: lab test quick setup reset lint clean exercises chromium book
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ $(TEST_STAMP): $(COURSE_STAMP)
 	@touch $(TEST_STAMP)
 
 setup: $(COURSE_STAMP)
+
+# The course as a website: the lessons executed (outputs cached in build/book/_build/.jupyter_cache,
+# so a rebuild re-executes only the lessons that changed), built by Jupyter Book 1 into
+# build/book/_build/html (open index.html; any static file server will do).
+BOOK_STAMP := $(VENV)/.book-stamp
+$(BOOK_STAMP): $(COURSE_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[course,book]"
+	@touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
+	$(PY) -m minimoe.course.book build --out build/book
 
 # JupyterLab on the whole course, opened at chapter 00 (notebooks/00_start_here.ipynb). Your work
 # lives in workspace/ (git-ignored), filled from the course on the first run and never overwritten;
