@@ -14,91 +14,142 @@ from check_helpers import assert_check_cells_match, fails_with, not_done
 from minimoe.course.checks.ch04_bias import check_bias_balancing
 from minimoe.course.checks.ch04_losses import (
     check_collapse_metrics,
-    check_switch_loss,
-    check_z_loss,
+    check_device_balance_loss,
+    check_sequence_balance_loss,
 )
 
-# --- 04.1 the Switch loss ------------------------------------------------------------------------
+# --- 04.1 the sequence-wise balance loss -------------------------------------------------------
 
 
-def switch_loss(probs_TE, expert_TK, *, times_E=True, first=False, divide_k=True, P="mean",
-                detach=False, flat_mean=False):  # fmt: skip
+def sequence_loss(scores_BSE, expert_BSK, *, pool=False, normalise="sum", scale="E/KS",
+                  P="mean", over="mean", detach=False):  # fmt: skip
+    """The right answer, with switches that make it a learner's mistake."""
+    if pool:
+        scores_BSE = scores_BSE.reshape(1, -1, scores_BSE.shape[-1])
+        expert_BSK = expert_BSK.reshape(1, -1, expert_BSK.shape[-1])
+    B, S, E = scores_BSE.shape
+    K = expert_BSK.shape[-1]
+    if normalise == "sum":
+        p_BSE = scores_BSE / scores_BSE.sum(-1, keepdim=True)
+    elif normalise == "softmax":
+        p_BSE = scores_BSE.softmax(-1)
+    else:
+        p_BSE = scores_BSE
+    if P == "chosen":
+        p_BSE = p_BSE * F.one_hot(expert_BSK, E).sum(2)
+    count_BE = F.one_hot(expert_BSK, E).sum((1, 2)).float()
+    f_BE = {"E/KS": count_BE * E / (K * S), "1/KS": count_BE / (K * S), "E/S": count_BE * E / S}[
+        scale
+    ]
+    P_BE = p_BSE.sum(1) if P == "sum" else p_BSE.mean(1)
+    if detach:
+        P_BE = P_BE.detach()
+    per_sequence_B = (f_BE * P_BE).sum(-1)
+    return per_sequence_B.sum() if over == "sum" else per_sequence_B.mean()
+
+
+def sequence_with(**kw):
+    return lambda s, e: sequence_loss(s, e, **kw)
+
+
+def test_sequence_passes(capsys) -> None:
+    check_sequence_balance_loss(sequence_loss)
+    assert "✓ Exercise 04.1 (the sequence-wise balance loss): passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (sequence_with(pool=True), ["whole batch", "ONE sequence"]),
+        (sequence_with(normalise="none"), ["raw sigmoid", "eq. 19"]),
+        (sequence_with(normalise="softmax"), ["softmax"]),
+        (sequence_with(P="chosen"), ["chosen experts"]),
+        (sequence_with(scale="1/KS"), ["without the factor E"]),
+        (sequence_with(scale="E/S"), ["not divided by K"]),
+        (sequence_with(P="sum"), ["MEAN"]),
+        (sequence_with(over="sum"), ["summed", "B sequences"]),
+        (sequence_with(detach=True), ["gradient"]),
+        (
+            lambda s, e: torch.stack(
+                [sequence_loss(s[b : b + 1], e[b : b + 1]) for b in range(s.shape[0])]
+            ),
+            ["one number"],
+        ),  # fmt: skip
+        (lambda s, e: None, ["return"]),
+        (not_done, ["not solved yet"]),
+    ],
+)
+def test_sequence_wrong(answer, words) -> None:
+    fails_with(check_sequence_balance_loss, answer, "Exercise 04.1", *words)
+
+
+def test_sequence_unknown_mistake_reports_the_difference() -> None:
+    message = fails_with(check_sequence_balance_loss, lambda s, e: sequence_loss(s, e) * 1.1)
+    assert "max abs diff" in message
+
+
+# --- 04.2 the device-level balance loss ----------------------------------------------------------
+
+
+def device_loss(probs_TE, expert_TK, device_E, *, f="mean", P="sum", ignore_devices=False,
+                contiguous=False, times_E=True):  # fmt: skip
     """The right answer, with switches that make it a learner's mistake."""
     T, E = probs_TE.shape
-    chosen = expert_TK[:, :1] if first else expert_TK
-    mask_TE = F.one_hot(chosen, E).sum(1).float()  # K-hot
-    f_E = mask_TE.mean(0) / (chosen.shape[1] if divide_k else 1)
-    if P == "mean":
-        P_E = probs_TE.mean(0)
-    elif P == "sum":
-        P_E = probs_TE.sum(0)
-    else:  # the chosen experts' probabilities only
-        P_E = (probs_TE * mask_TE).mean(0)
-    if detach:
-        P_E = P_E.detach()
-    if flat_mean:
-        return E * (f_E * P_E).mean()
-    return (E if times_E else 1) * (f_E * P_E).sum()
+    K = expert_TK.shape[1]
+    if ignore_devices:
+        device_E = torch.arange(E)
+    G = int(device_E.max()) + 1
+    if contiguous:
+        device_E = torch.arange(E) // (E // G)
+    f_E = F.one_hot(expert_TK, E).sum((0, 1)).float() / (K * T) * (E if times_E else 1)
+    P_E = probs_TE.mean(0)
+    loss = 0.0
+    for g in range(G):
+        mine = device_E == g
+        f_g = f_E[mine].sum() if f == "sum" else f_E[mine].mean()
+        P_g = P_E[mine].mean() if P == "mean" else P_E[mine].sum()
+        loss = loss + f_g * P_g
+    return loss
 
 
-def switch_with(**kw):
-    return lambda p, e: switch_loss(p, e, **kw)
+def device_with(**kw):
+    return lambda p, e, d: device_loss(p, e, d, **kw)
 
 
-def test_switch_passes(capsys) -> None:
-    check_switch_loss(switch_loss)
-    assert "✓ Exercise 04.1 (the Switch load-balancing loss): passed" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "answer, words",
-    [
-        (switch_with(times_E=False), ["factor E is missing"]),
-        (switch_with(flat_mean=True), ["mean over experts"]),
-        (switch_with(first=True), ["first choice"]),
-        (switch_with(divide_k=False), ["not divided by K", "Mixtral"]),
-        (switch_with(P="sum"), ["summed over tokens"]),
-        (switch_with(P="masked"), ["chosen experts"]),
-        (switch_with(detach=True), ["gradient"]),
-        (lambda p, e: switch_loss(p, e) * torch.ones(3), ["one number"]),
-        (lambda p, e: p.shape[1] * (p.mean(0) ** 2).sum(), ["f_e counts the routed slots"]),
-        (lambda p, e: None, ["return"]),
-        (not_done, ["not solved yet"]),
-    ],
-)
-def test_switch_wrong(answer, words) -> None:
-    fails_with(check_switch_loss, answer, "Exercise 04.1", *words)
-
-
-def test_switch_unknown_mistake_reports_the_difference() -> None:
-    assert "max abs diff" in fails_with(check_switch_loss, lambda p, e: switch_loss(p, e) * 1.1)
-
-
-# --- 04.2 the z-loss -----------------------------------------------------------------------------
-
-
-def test_z_passes(capsys) -> None:
-    check_z_loss(lambda l: (torch.logsumexp(l, dim=-1) ** 2).mean())
-    assert "✓ Exercise 04.2 (the router z-loss): passed" in capsys.readouterr().out
+def test_device_passes(capsys) -> None:
+    check_device_balance_loss(device_loss)
+    assert "✓ Exercise 04.2 (the device-level balance loss): passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "answer, words",
     [
-        (lambda l: (l.max(-1).values ** 2).mean(), ["max logit"]),
-        (lambda l: torch.logsumexp(l, -1).mean(), ["forgot the square"]),
-        (lambda l: (torch.logsumexp(l, -1) ** 2).sum(), ["summed over tokens"]),
-        (lambda l: torch.logsumexp(l, -1).mean() ** 2, ["squared the mean"]),
-        (lambda l: (torch.logsumexp(l, 0) ** 2).mean(), ["dim=0"]),
-        (lambda l: torch.logsumexp(l**2, -1).mean(), ["before the logsumexp"]),
-        (lambda l: (torch.logsumexp(l.softmax(-1), -1) ** 2).mean(), ["raw logits"]),
-        (lambda l: (l.exp().sum(-1).log() ** 2).mean(), ["overflows", "torch.logsumexp"]),
-        (lambda l: torch.tensor(float((torch.logsumexp(l, -1) ** 2).mean())), ["gradient"]),
+        (device_with(f="sum"), ["f' summed", "MEAN"]),
+        (device_with(P="mean"), ["P' averaged", "SUM"]),
+        (device_with(ignore_devices=True), ["grouping was ignored"]),
+        (device_with(contiguous=True), ["contiguous", "device_E"]),
+        (device_with(times_E=False), ["without the factor E"]),
+        (lambda p, e, d: device_loss(p, e, d).detach(), ["gradient"]),
         (not_done, ["not solved yet"]),
     ],
 )
-def test_z_wrong(answer, words) -> None:
-    fails_with(check_z_loss, answer, "Exercise 04.2", *words)
+def test_device_wrong(answer, words) -> None:
+    fails_with(check_device_balance_loss, answer, "Exercise 04.2", *words)
+
+
+def test_device_loss_is_the_switch_loss_of_the_merged_routing() -> None:
+    """With equal devices the device-level loss is the Switch loss of the routing in which each
+    device's experts are merged into one (the identity the problem set's hint and its last cell
+    use)."""
+    from minimoe import load_balancing_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits_TE = torch.randn(40, 8, generator=g)
+    probs_TE, expert_TK = logits_TE.softmax(-1), logits_TE.topk(2, dim=-1).indices
+    device_E = torch.tensor([0, 1, 2, 3] * 2)
+    merged_TG = torch.zeros(40, 4).index_add(1, device_E, probs_TE)
+    merged = load_balancing_loss(merged_TG, device_E[expert_TK])
+    assert torch.allclose(device_loss(probs_TE, expert_TK, device_E), merged, atol=1e-6)
 
 
 # --- 04.3 collapse metrics -----------------------------------------------------------------------
@@ -192,60 +243,22 @@ def test_bias_wrong(update, topk, words) -> None:
 
 def test_check_cells_match_the_check_functions() -> None:
     """Each check cell of solutions/04 calls its check, and its title is the check's."""
-    from minimoe.course.checks import ch04_bias
+    from minimoe.course.checks import ch04_bias, ch04_capstone
     from minimoe.course.checks import ch04_losses as ch04
 
     assert_check_cells_match(
         ["04_balancing.ipynb"],
-        (ch04.SWITCH, ch04.ZLOSS, ch04.METRICS, ch04_bias.BIAS),
+        (ch04.SEQUENCE, ch04.DEVICE, ch04.METRICS, ch04_bias.BIAS, ch04_capstone.CAPSTONE),
         "from minimoe.course.checks.ch04_",
     )
-
-
-def test_switch_P_over_the_wrong_axis_names_the_axis() -> None:
-    """P averaged over the experts (one value per token) crashes against f (one per expert): the
-    hint is about the axis, not about weights (a loss has none)."""
-
-    def answer(probs_TE, expert_TK):
-        E = probs_TE.shape[1]
-        f_E = torch.bincount(expert_TK.reshape(-1), minlength=E).float() / expert_TK.numel()
-        return E * (f_E * probs_TE.mean(1)).sum()
-
-    message = fails_with(check_switch_loss, answer, "Exercise 04.1", "length T=64", "mean(0)")
-    assert "weights" not in message and "nn.Linear" not in message
-
-
-def test_switch_P_over_the_experts_broadcast_is_named() -> None:
-    def answer(probs_TE, expert_TK):
-        E = probs_TE.shape[1]
-        f_E = torch.bincount(expert_TK.reshape(-1), minlength=E).float() / expert_TK.numel()
-        return E * (f_E * probs_TE.mean(1, keepdim=True)).sum()
-
-    fails_with(check_switch_loss, answer, "Exercise 04.1", "averaged over the experts (dim=1)")
-
-
-def test_switch_bincount_without_minlength_crash_is_named() -> None:
-    def answer(probs_TE, expert_TK):
-        E = probs_TE.shape[1]
-        f_E = torch.bincount(expert_TK.reshape(-1)).float() / expert_TK.numel()
-        return E * (f_E * probs_TE.mean(0)).sum()
-
-    message = fails_with(check_switch_loss, answer, "Exercise 04.1", "minlength=E")
-    assert "weights" not in message
-
-
-def test_a_shape_crash_without_weights_gets_no_weight_hint() -> None:
-    message = fails_with(check_z_loss, lambda l: (l @ l).mean(), "Exercise 04.2", "shapes")
-    assert "weights" not in message and "nn.Linear" not in message
 
 
 @pytest.mark.parametrize(
     "check, answer, words",
     [
-        (check_switch_loss, "load_balancing_loss", ["library's own `load_balancing_loss`"]),
-        (check_switch_loss, "wrapped_lb", ["calls the library's own `load_balancing_loss`"]),
-        (check_z_loss, "z_loss", ["library's own `z_loss`"]),
-        (check_z_loss, "wrapped_z", ["calls the library's own `z_loss`"]),
+        (check_sequence_balance_loss, "load_balancing_loss", ["library's own"]),
+        (check_sequence_balance_loss, "wrapped_lb", ["calls the library's own"]),
+        (check_device_balance_loss, "wrapped_device", ["calls the library's own"]),
         (check_collapse_metrics, "wrapped_stats", ["calls the library's own `routing_stats`"]),
     ],
 )
@@ -258,9 +271,10 @@ def test_checks_refuse_the_library(check, answer, words) -> None:
 
     answers = {
         "load_balancing_loss": minimoe.load_balancing_loss,
-        "wrapped_lb": lambda p, e: minimoe.load_balancing_loss(p, e),
-        "z_loss": minimoe.z_loss,
-        "wrapped_z": lambda l: 1.0 * minimoe.z_loss(l),
+        "wrapped_lb": lambda s, e: minimoe.load_balancing_loss(
+            (s / s.sum(-1, keepdim=True)).flatten(0, 1), e.flatten(0, 1), group_size=s.shape[1]
+        ),
+        "wrapped_device": lambda p, e, d: minimoe.load_balancing_loss(p, e),
         "wrapped_stats": wrapped_stats,
     }
     fails_with(check, answers[answer], *words)

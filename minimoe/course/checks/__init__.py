@@ -19,10 +19,11 @@ from minimoe.course.checks.ch02_trap import check_router_gradient
 from minimoe.course.checks.ch03_capacity import check_capacity, check_k_major
 from minimoe.course.checks.ch03_drops import check_drop_rate, check_dropped_output
 from minimoe.course.checks.ch04_bias import check_bias_balancing
+from minimoe.course.checks.ch04_capstone import check_moe_layer
 from minimoe.course.checks.ch04_losses import (
     check_collapse_metrics,
-    check_switch_loss,
-    check_z_loss,
+    check_device_balance_loss,
+    check_sequence_balance_loss,
 )
 from minimoe.course.checks.ch05_dispatch import check_dispatch_combine, check_sort_by_expert
 from minimoe.course.checks.ch05_padded import check_padded_experts
@@ -34,6 +35,7 @@ __all__ = [
     "check_capacity",
     "check_collapse_metrics",
     "check_count_params",
+    "check_device_balance_loss",
     "check_dispatch_combine",
     "check_drop_rate",
     "check_dropped_output",
@@ -41,14 +43,14 @@ __all__ = [
     "check_gate",
     "check_k_major",
     "check_loop_moe",
+    "check_moe_layer",
     "check_noisy_logits",
     "check_padded_experts",
     "check_router_gradient",
+    "check_sequence_balance_loss",
     "check_softmax_topk",
     "check_sort_by_expert",
     "check_specialisation",
-    "check_switch_loss",
     "check_toy_fix",
     "check_train_step",
-    "check_z_loss",
 ]

@@ -1,77 +1,44 @@
-"""Checks for chapter 04 (load balancing): the Switch loss, the z-loss and the collapse metrics
-(the bias-balancing update's check is in `ch04_bias`).
+"""Checks for chapter 04 (load balancing): DeepSeek-V3's sequence-wise balance loss, DeepSeek-V2's
+device-level balance loss and the collapse metrics (the bias-balancing update's check is in
+`ch04_bias`, the capstone's in `ch04_capstone`).
 
-Each check compares the learner's function with the library (`minimoe.load_balancing_loss`,
-`minimoe.z_loss`, `minimoe.routing_stats`) on seeded inputs: a balanced and a collapsed routing,
-an expert with no slot (the last one too), K = 1, K = E, T = 1. A wrong answer is matched against
-known wrong variants (a missing ×E, f from the first choice only, f not divided by K, token
-probabilities not averaged, max instead of logsumexp, no square, a sum over tokens, counts
-instead of shares, bincount without minlength, P averaged over the experts instead of the tokens,
-...) and the message names the mistake. A crash from vectors of different lengths is explained by
-their lengths: T means a mean over the wrong axis, fewer than E a bincount without minlength.
+The two losses are not the lesson's Switch loss but its relatives, written from their papers'
+formulas: the sequence-wise loss (DeepSeek-V3, arXiv 2412.19437, section 2.1.2, eq. 17-20) takes
+f and P over each sequence apart and normalises the sigmoid scores per token; the device-level
+loss (DeepSeek-V2, arXiv 2405.04434, section 2.2.3) balances groups of experts (one group per
+device) rather than experts. Each check compares the learner's function with a float64 reference
+on seeded inputs (sequences that each crowd a different expert, a device placement that is not
+contiguous, devices of unequal size, K = 1, K = E) and names the likely mistake by matching known
+wrong variants (the batch pooled instead of per sequence, the scores not normalised, a missing
+E/K scale, f summed or P averaged over a device's experts, the grouping ignored or assumed
+contiguous, ...).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from minimoe.course.checks._common import Exercise, diagnose, make_generator
-from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss, z_loss
+from minimoe.losses import load_balancing_loss, mixtral_load_balancing_loss
 from minimoe.metrics import routing_stats
 
-
-def _switch_crash(error: Exception, args: tuple) -> str:
-    """Name the mistake behind "size of tensor a (X) must match ... b (Y)" from X and Y."""
-    sizes = re.findall(r"size of tensor \w \((\d+)\)", str(error))
-    if len(sizes) != 2 or not isinstance(args[0], torch.Tensor) or args[0].dim() != 2:
-        return ""
-    T, E = args[0].shape
-    lengths = {int(n) for n in sizes}
-    if T in lengths and T != E:
-        return (
-            f". Likely mistake: a vector of length T={T}, one value per token, where the formula "
-            f"needs one per expert (E={E}): P_e is the mean over the tokens of each expert's "
-            "probability, probs_TE.mean(0) (dim=0 runs over the T rows); probs_TE.mean(1) "
-            "averages over the experts instead"
-        )
-    if any(n < E for n in lengths):
-        return (
-            f". Likely mistake: a vector shorter than E={E}: torch.bincount stops at the largest "
-            "expert id it sees; pass minlength=E so that every expert gets a count (0 if unused)"
-        )
-    return ""
-
-
-SWITCH = Exercise(
+SEQUENCE = Exercise(
     "04.1",
-    "the Switch load-balancing loss",
+    "the sequence-wise balance loss",
     library=(load_balancing_loss, mixtral_load_balancing_loss),
-    explain=_switch_crash,
 )
-ZLOSS = Exercise("04.2", "the router z-loss", library=(z_loss,))
+DEVICE = Exercise(
+    "04.2",
+    "the device-level balance loss",
+    library=(load_balancing_loss, mixtral_load_balancing_loss),
+)
 METRICS = Exercise("04.3", "collapse metrics", library=(routing_stats,))
 
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def _routing(
-    T: int, E: int, K: int, seed: int, *, hot: int | None = None, cold: bool = False, scale=1.5
-):
-    """Seeded router logits and their top-K experts; `hot` adds a large logit to one expert,
-    `cold` a large negative one to the last expert (chosen by no token)."""
-    g = make_generator(seed)
-    logits_TE = torch.randn(T, E, generator=g) * scale
-    if hot is not None:
-        logits_TE[:, hot] += 4.0
-    if cold:
-        logits_TE[:, -1] -= 8.0
-    expert_TK = logits_TE.topk(K, dim=-1).indices
-    return logits_TE, expert_TK
 
 
 def _scalar(ex: Exercise, out: Any, case: str) -> torch.Tensor:
@@ -81,8 +48,8 @@ def _scalar(ex: Exercise, out: Any, case: str) -> torch.Tensor:
         return torch.as_tensor(out, dtype=torch.float64).reshape(())
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     raise ex.fail(
-        f"returned {shape} on {case}; return one number (a 0-d tensor): the loss is a mean or a "
-        "sum over tokens and experts, not a value per token or per expert"
+        f"returned {shape} on {case}; return one number (a 0-d tensor): the loss is a sum over "
+        "experts (or devices) of f times P, not a value per token, expert or sequence"
     )
 
 
@@ -96,146 +63,247 @@ def _expect_differentiable(ex: Exercise, fn: Callable, x: torch.Tensor, *rest, w
         )
 
 
-# --- 04.1 the Switch loss -----------------------------------------------------------------------
+def _counts(expert_TK: torch.Tensor, E: int) -> torch.Tensor:
+    """c_e: how many of the T*K routed slots go to each expert (float64)."""
+    return torch.bincount(expert_TK.reshape(-1), minlength=E).double()
 
 
-def _f_E(expert_TK: torch.Tensor, E: int, *, first_only=False, per_token=False) -> torch.Tensor:
-    chosen_TK = expert_TK[:, :1] if first_only else expert_TK
-    counts_E = torch.bincount(chosen_TK.reshape(-1), minlength=E).double()
-    return counts_E / expert_TK.shape[0] / (1 if per_token else chosen_TK.shape[1])
+# --- 04.1 the sequence-wise balance loss (DeepSeek-V3) ------------------------------------------
 
 
-def _switch_variants() -> list[tuple[str, Callable]]:
-    def form(probs, expert, *, first_only=False, per_token=False, times_E=True, P=None):
-        E = probs.shape[1]
-        f_E = _f_E(expert, E, first_only=first_only, per_token=per_token)
-        P_E = probs.double().mean(0) if P is None else P(probs.double(), expert)
-        return (E if times_E else 1) * (f_E * P_E).sum()
+def _sequence_loss(
+    scores_BSE: torch.Tensor,
+    expert_BSK: torch.Tensor,
+    *,
+    per_sequence=True,
+    P_from="normalised",
+    f_scale="E/KS",
+    P_reduce="mean",
+    over_sequences="mean",
+) -> torch.Tensor:
+    """DeepSeek-V3's sequence-wise loss in float64, and (with other switches) its wrong variants."""
+    s_BSE = scores_BSE.double()
+    if not per_sequence:  # the whole batch as one sequence
+        s_BSE = s_BSE.reshape(1, -1, s_BSE.shape[-1])
+        expert_BSK = expert_BSK.reshape(1, -1, expert_BSK.shape[-1])
+    B, S, E = s_BSE.shape
+    K = expert_BSK.shape[-1]
+    losses = []
+    for b in range(B):
+        c_E = _counts(expert_BSK[b], E)
+        f_E = {"E/KS": E * c_E / (K * S), "1/KS": c_E / (K * S), "E/S": E * c_E / S}[f_scale]
+        if P_from == "normalised":
+            p_SE = s_BSE[b] / s_BSE[b].sum(-1, keepdim=True)
+        elif P_from == "raw":
+            p_SE = s_BSE[b]
+        elif P_from == "softmax":
+            p_SE = s_BSE[b].softmax(-1)
+        else:  # the chosen experts' normalised scores only
+            p_SE = s_BSE[b] / s_BSE[b].sum(-1, keepdim=True)
+            p_SE = torch.zeros_like(p_SE).scatter(1, expert_BSK[b], p_SE.gather(1, expert_BSK[b]))
+        P_E = p_SE.mean(0) if P_reduce == "mean" else p_SE.sum(0)
+        losses.append((f_E * P_E).sum())
+    total = torch.stack(losses)
+    return total.mean() if over_sequences == "mean" else total.sum()
 
-    def masked_P(probs, expert):  # the probabilities of the chosen experts only
-        return torch.zeros_like(probs).scatter(1, expert, probs.gather(1, expert)).mean(0)
+
+def _sequence_variants() -> list[tuple[str, Callable]]:
+    def v(**kw):
+        return lambda s, e: _sequence_loss(s, e, **kw)
 
     return [
         (
-            "the factor E is missing (or you took the mean over experts where the formula sums): "
-            "loss = E * sum_e f_e * P_e, which is 1 when the load is even",
-            lambda p, e: form(p, e, times_E=False),
+            "f and P were taken over the whole batch at once; the sequence-wise loss computes "
+            "them over each sequence apart (T in eq. 18 and 20 is the tokens of ONE sequence) "
+            "and averages the B losses. Pooling the batch hides sequences that each crowd their "
+            "own experts",
+            v(per_sequence=False),
         ),
         (
-            "f counts only each token's first choice; here f_e is the share of ALL T*K routed "
-            "slots that go to e (DeepSpeed topk and minimoe's default; the first-choice form is "
-            "Switch's top-1 and DeepSpeed top2's)",
-            lambda p, e: form(p, e, first_only=True),
+            "P uses the raw sigmoid scores; eq. 19 normalises them per token first, "
+            "s'_t,e = s_t,e / sum_j s_t,j (sigmoid scores do not sum to 1, so without it the "
+            "loss is not 1 at balance)",
+            v(P_from="raw"),
         ),
         (
-            "f was not divided by K: counting all K choices per token makes the f_e sum to K, "
-            "and the loss K at balance (that is HF Mixtral's form); divide by T*K",
-            lambda p, e: form(p, e, per_token=True),
+            "P uses a softmax of the scores; the scores are already sigmoid affinities: "
+            "normalise them by their sum over the experts, s / s.sum(-1), not with a softmax",
+            v(P_from="softmax"),
         ),
         (
-            "P_e must be the mean over tokens of the full softmax probability of e; you summed "
-            "over tokens instead of averaging",
-            lambda p, e: form(p, e, P=lambda q, _: q.sum(0)),
+            "P uses only the chosen experts' scores (zeros elsewhere); P_e averages the "
+            "normalised score of e over EVERY token of the sequence",
+            v(P_from="chosen"),
         ),
         (
-            "P_e uses only the probabilities of the chosen experts (zeros elsewhere); use the "
-            "full probs_TE of every token",
-            lambda p, e: form(p, e, P=masked_P),
+            "f is the share of the sequence's K*S slots, without the factor E (N_r in eq. 18): "
+            "with it f_e = 1 for an even load and the loss is 1 at balance, without it 1/E",
+            v(f_scale="1/KS"),
         ),
         (
-            "P was averaged over the experts (dim=1), one value per token, and broadcast against "
-            "f: P_e is the mean over the TOKENS of each expert's probability, probs_TE.mean(0), "
-            "one value per expert",
-            lambda p, e: form(p, e, P=lambda q, _: q.mean(1, keepdim=True)),
+            "f was not divided by K: f_e = E/(K*S) * count_e (eq. 18), so the loss is 1 at "
+            "balance, not K",
+            v(f_scale="E/S"),
         ),
         (
-            "f and P were swapped in their roles or both taken from the probabilities: f_e counts "
-            "the routed slots (from expert_TK), P_e averages probs_TE",
-            lambda p, e: p.shape[1] * (p.double().mean(0) ** 2).sum(),
+            "P summed over the sequence's tokens; P_e is their MEAN (1/T in eq. 20)",
+            v(P_reduce="sum"),
+        ),
+        (
+            "the per-sequence losses were summed; take their mean over the B sequences, so the "
+            "loss does not grow with the batch",
+            v(over_sequences="sum"),
         ),
     ]
 
 
-def check_switch_loss(switch_loss: Callable) -> None:
-    """Check `switch_loss(probs_TE, expert_TK) -> loss` against `minimoe.load_balancing_loss`."""
-    # (T, E, K, hot expert); the last case leaves the last expert without a slot
-    cases = [(64, 4, 2, None), (32, 8, 1, None), (48, 6, 2, 3), (16, 4, 4, None), (1, 5, 2, None)]
-    cases += [(24, 5, 2, "cold")]
-    variants = _switch_variants()
-    for i, (T, E, K, hot) in enumerate(cases):
-        cold = hot == "cold"
-        hot = None if cold else hot
-        logits_TE, expert_TK = _routing(T, E, K, seed=40 + i, hot=hot, cold=cold)
-        probs_TE = logits_TE.softmax(-1)
-        case = f"T={T}, E={E}, K={K}" + (f", most tokens on expert {hot}" if hot else "")
-        case += f", expert {E - 1} chosen by no token" if cold else ""
-        out = SWITCH.call(switch_loss, probs_TE.clone(), expert_TK.clone(), case=case)
-        got = _scalar(SWITCH, out, case)
-        expected = load_balancing_loss(probs_TE.double(), expert_TK)
-        diagnose(SWITCH, got, expected, variants, (probs_TE, expert_TK), case, atol=ATOL, rtol=RTOL)
-    # at perfect balance (every expert equally chosen, uniform probs) the loss is exactly 1
-    E, K = 4, 2
-    expert_TK = torch.tensor([[0, 1], [2, 3], [1, 0], [3, 2]])
-    probs_TE = torch.full((4, E), 1 / E)
-    got = _scalar(SWITCH, SWITCH.call(switch_loss, probs_TE, expert_TK, case="balance"), "balance")
+def _sequence_inputs(B: int, S: int, E: int, K: int, seed: int, *, crowd: bool):
+    """Sigmoid scores of B sequences and their top-K experts; with `crowd`, sequence b favours
+    expert b % E (each sequence its own)."""
+    logits_BSE = torch.randn(B, S, E, generator=make_generator(seed)) * 1.5
+    if crowd:
+        for b in range(B):
+            logits_BSE[b, :, b % E] += 3.0
+    scores_BSE = torch.sigmoid(logits_BSE)
+    return scores_BSE, scores_BSE.topk(K, dim=-1).indices
+
+
+def check_sequence_balance_loss(sequence_balance_loss: Callable) -> None:
+    """Check `sequence_balance_loss(scores_BSE, expert_BSK) -> loss` against DeepSeek-V3's
+    formula (arXiv 2412.19437, eq. 17-20, without alpha), mean over the B sequences."""
+    # (B, S, E, K, crowd): each crowded sequence favours its own expert
+    cases = [(4, 16, 8, 2, True), (3, 10, 4, 1, True), (2, 12, 6, 3, False), (1, 8, 4, 4, False)]
+    cases += [(5, 1, 5, 2, False), (2, 9, 5, 2, True)]
+    variants = _sequence_variants()
+    for i, (B, S, E, K, crowd) in enumerate(cases):
+        scores_BSE, expert_BSK = _sequence_inputs(B, S, E, K, seed=140 + i, crowd=crowd)
+        case = f"B={B} sequences of S={S} tokens, E={E}, K={K}"
+        case += ", each sequence crowding its own expert" if crowd else ""
+        out = SEQUENCE.call(
+            sequence_balance_loss, scores_BSE.clone(), expert_BSK.clone(), case=case
+        )
+        got = _scalar(SEQUENCE, out, case)
+        expected = _sequence_loss(scores_BSE, expert_BSK)
+        diagnose(SEQUENCE, got, expected, variants, (scores_BSE, expert_BSK), case,
+                 atol=ATOL, rtol=RTOL)  # fmt: skip
+    # balance: every expert equally chosen in every sequence, equal scores -> exactly 1
+    E, K, S = 4, 2, 4
+    expert_BSK = torch.tensor([[[0, 1], [2, 3], [1, 0], [3, 2]]] * 2)
+    scores_BSE = torch.full((2, S, E), 0.3)
+    out = SEQUENCE.call(sequence_balance_loss, scores_BSE, expert_BSK, case="balance")
+    got = _scalar(SEQUENCE, out, "balance")
     if not math.isclose(float(got), 1.0, abs_tol=1e-5):
-        raise SWITCH.fail(f"at perfect balance the loss must be 1.0, got {float(got):.4g}")
-    _expect_differentiable(SWITCH, switch_loss, probs_TE, expert_TK, what="probs_TE")
-    SWITCH.passed(f"{len(cases)} cases and the balanced value 1")
+        raise SEQUENCE.fail(
+            f"at perfect balance (every expert chosen equally often in each sequence, equal "
+            f"scores) the loss must be 1.0, got {float(got):.4g}"
+        )
+    _expect_differentiable(SEQUENCE, sequence_balance_loss, scores_BSE, expert_BSK,
+                           what="the scores")  # fmt: skip
+    SEQUENCE.passed(f"{len(cases)} batches and the balanced value 1")
 
 
-# --- 04.2 the z-loss ----------------------------------------------------------------------------
+# --- 04.2 the device-level balance loss (DeepSeek-V2) -------------------------------------------
 
 
-def _z_variants() -> list[tuple[str, Callable]]:
+def _device_loss(
+    probs_TE: torch.Tensor,
+    expert_TK: torch.Tensor,
+    device_E: torch.Tensor,
+    *,
+    f_reduce="mean",
+    P_reduce="sum",
+    f_scale="E/KT",
+    placement="given",
+) -> torch.Tensor:
+    """DeepSeek-V2's device-level loss in float64, and (with other switches) its wrong variants."""
+    T, E = probs_TE.shape
+    K = expert_TK.shape[1]
+    G = int(device_E.max()) + 1
+    if placement == "contiguous":  # expert e on device e // (E / G), whatever device_E says
+        device_E = torch.arange(E) // math.ceil(E / G)
+    elif placement == "experts":  # every expert its own device: the expert-level loss
+        device_E, G = torch.arange(E), E
+    c_E = _counts(expert_TK, E)
+    f_E = {"E/KT": E * c_E / (K * T), "1/KT": c_E / (K * T)}[f_scale]
+    P_E = probs_TE.double().mean(0)
+    loss = probs_TE.new_zeros((), dtype=torch.float64)
+    for g in range(G):
+        on_g = device_E == g
+        if not on_g.any():
+            continue
+        f_g = f_E[on_g].mean() if f_reduce == "mean" else f_E[on_g].sum()
+        P_g = P_E[on_g].sum() if P_reduce == "sum" else P_E[on_g].mean()
+        loss = loss + f_g * P_g
+    return loss
+
+
+def _device_variants() -> list[tuple[str, Callable]]:
+    def v(**kw):
+        return lambda p, e, d: _device_loss(p, e, d, **kw)
+
     return [
         (
-            "used the max logit; the z-loss squares logsumexp(logits) (a smooth max)",
-            lambda l: (l.double().amax(-1) ** 2).mean(),
-        ),
-        ("forgot the square: mean over tokens of logsumexp(logits)**2",
-         lambda l: torch.logsumexp(l.double(), -1).mean()),
-        (
-            "summed over tokens; the z-loss is the MEAN over tokens of logsumexp(logits)**2",
-            lambda l: (torch.logsumexp(l.double(), -1) ** 2).sum(),
+            "f' summed the f_e of the device's experts; f'_i is their MEAN (1/|E_i| times the "
+            "sum), so an even load gives f' = 1 on every device",
+            v(f_reduce="sum"),
         ),
         (
-            "squared the mean instead of averaging the squares: mean_t(lse_t ** 2), not "
-            "mean_t(lse_t) ** 2",
-            lambda l: torch.logsumexp(l.double(), -1).mean() ** 2,
+            "P' averaged the P_e of the device's experts; P'_i is their SUM: the probability "
+            "that a token's router mass lands on device i",
+            v(P_reduce="mean"),
         ),
         (
-            "logsumexp ran over the tokens (dim=0); it runs over the experts (dim=-1)",
-            lambda l: (torch.logsumexp(l.double(), 0) ** 2).mean(),
+            "the grouping was ignored: this is the expert-level (Switch) loss; sum over the "
+            "DEVICES of f'_i * P'_i, with f' and P' gathered over each device's experts",
+            v(placement="experts"),
         ),
         (
-            "squared the logits before the logsumexp; square logsumexp(logits) afterwards",
-            lambda l: torch.logsumexp(l.double() ** 2, -1).mean(),
+            "expert e was put on device e // (E/G), a contiguous placement; use device_E, which "
+            "says where each expert is (here not contiguous, or of unequal sizes)",
+            v(placement="contiguous"),
         ),
         (
-            "took logsumexp of the softmax probabilities; the z-loss works on the raw logits",
-            lambda l: (torch.logsumexp(l.double().softmax(-1), -1) ** 2).mean(),
+            "f_e is the share of the K*T slots, without the factor E: f_e = E/(K*T) * count_e, "
+            "which is 1 for an even load",
+            v(f_scale="1/KT"),
         ),
-    ]  # fmt: skip
+    ]
 
 
-def check_z_loss(z_loss_fn: Callable) -> None:
-    """Check `z_loss(logits_TE) -> loss` against `minimoe.z_loss`, large logits included."""
-    cases = [(16, 4, 1.0), (8, 8, 3.0), (1, 3, 1.0), (12, 5, 0.0), (6, 4, 60.0)]
-    variants = _z_variants()
-    for i, (T, E, scale) in enumerate(cases):
-        logits_TE = torch.randn(T, E, generator=make_generator(50 + i)) * scale
-        case = f"logits ({T}, {E}) of scale {scale:g}" + (" (all zero)" if scale == 0 else "")
-        got = _scalar(ZLOSS, ZLOSS.call(z_loss_fn, logits_TE.clone(), case=case), case)
-        expected = z_loss(logits_TE.double())
-        if not torch.isfinite(got):
-            raise ZLOSS.fail(
-                f"returned {float(got)} on {case}: exp(logits) overflows float32 for large "
-                "logits; use torch.logsumexp, which subtracts the max first"
-            )
-        diagnose(ZLOSS, got, expected, variants, (logits_TE,), case, atol=ATOL, rtol=RTOL)
-    _expect_differentiable(ZLOSS, z_loss_fn, torch.randn(4, 3), what="the logits")
-    ZLOSS.passed(f"{len(cases)} cases, incl. all-zero logits ((log E)^2) and logits of 60")
+def check_device_balance_loss(device_balance_loss: Callable) -> None:
+    """Check `device_balance_loss(probs_TE, expert_TK, device_E) -> loss` against DeepSeek-V2's
+    device-level balance loss (arXiv 2405.04434, section 2.2.3, without alpha_2)."""
+    cases = [
+        ("E=8 on 4 devices in pairs, K=2", 48, 8, 2, [0, 0, 1, 1, 2, 2, 3, 3], 1),
+        ("E=8 on 2 devices, placed alternately, K=2", 40, 8, 2, [0, 1] * 4, 2),
+        ("E=6 on 3 devices of sizes 1, 2 and 3, K=2", 36, 6, 2, [2, 1, 2, 0, 1, 2], 3),
+        ("E=4 on 2 devices, K=1", 20, 4, 1, [1, 0, 0, 1], None),
+        ("E=4 on 2 devices, K=4", 6, 4, 4, [0, 0, 1, 1], None),
+        ("E=6, every expert its own device, K=2", 24, 6, 2, [3, 0, 5, 1, 4, 2], 0),
+    ]
+    variants = _device_variants()
+    for i, (case, T, E, K, placement, hot) in enumerate(cases):
+        logits_TE = torch.randn(T, E, generator=make_generator(160 + i)) * 1.5
+        if hot is not None:
+            logits_TE[:, hot] += 2.5
+        probs_TE = logits_TE.softmax(-1)
+        expert_TK = logits_TE.topk(K, dim=-1).indices
+        device_E = torch.tensor(placement)
+        args = (probs_TE, expert_TK, device_E)
+        out = DEVICE.call(device_balance_loss, *(a.clone() for a in args), case=case)
+        got = _scalar(DEVICE, out, case)
+        diagnose(DEVICE, got, _device_loss(*args), variants, args, case, atol=ATOL, rtol=RTOL)
+    # balance: each device's experts together get an even share, probabilities uniform -> 1
+    expert_TK = torch.tensor([[0, 2], [1, 3], [0, 3], [1, 2]])
+    probs_TE = torch.full((4, 4), 0.25)
+    device_E = torch.tensor([0, 0, 1, 1])
+    out = DEVICE.call(device_balance_loss, probs_TE, expert_TK, device_E, case="balance")
+    got = _scalar(DEVICE, out, "balance")
+    if not math.isclose(float(got), 1.0, abs_tol=1e-5):
+        raise DEVICE.fail(f"at perfect balance the loss must be 1.0, got {float(got):.4g}")
+    _expect_differentiable(DEVICE, device_balance_loss, probs_TE, expert_TK, device_E,
+                           what="probs_TE")  # fmt: skip
+    DEVICE.passed(f"{len(cases)} placements, uneven devices included, and the balanced value 1")
 
 
 # --- 04.3 collapse metrics ----------------------------------------------------------------------
