@@ -29,6 +29,7 @@ from minimoe.course.checks.ch05_dispatch import check_dispatch_combine, check_so
 from minimoe.course.checks.ch05_padded import check_padded_experts
 from minimoe.course.checks.ch07_specialise import check_specialisation
 from minimoe.course.checks.ch07_train import check_train_step
+from minimoe.course.checks.ch09_ep import check_order_by_rank, check_placement, check_send_counts
 
 __all__ = [
     "check_bias_balancing",
@@ -45,8 +46,11 @@ __all__ = [
     "check_loop_moe",
     "check_moe_layer",
     "check_noisy_logits",
+    "check_order_by_rank",
     "check_padded_experts",
+    "check_placement",
     "check_router_gradient",
+    "check_send_counts",
     "check_sequence_balance_loss",
     "check_softmax_topk",
     "check_sort_by_expert",
