@@ -155,3 +155,49 @@ def test_one_token_and_all_tokens_alike():
 def test_bad_input_is_refused_by_name(kwargs, error):
     with pytest.raises(error):
         zoo_explorer(**kwargs)
+
+
+# --- the static figures of chapter 08 ---------------------------------------------------------
+
+
+def test_output_change_sees_the_future_only_where_it_leaks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from minimoe.viz.zoo import output_change, plot_output_change
+
+    x = torch.randn(2, 10, 3, dtype=torch.float64)
+    causal = output_change(lambda x: x.cumsum(1), x, 4)  # position s sees positions <= s
+    leaky = output_change(lambda x: x + x.mean(1, keepdim=True), x, 4)  # sees the whole sequence
+    assert (causal[:4] == 0).all() and (causal[4:] > 0).all()
+    assert (leaky[:4] > 0).all()
+    axes = plot_output_change({"causal": causal, "leaky": leaky}, 4)
+    assert "causal: nothing before the cut moved" in axes[0].get_title(loc="left")
+    assert "leaks" in axes[1].get_title(loc="left")
+    heights = [p.get_height() for p in axes[1].patches]
+    assert heights == pytest.approx(leaky.tolist())  # bars in position order, before then after
+    with pytest.raises(ValueError, match="cut"):
+        output_change(lambda x: x, x, 0)
+    with pytest.raises(ValueError, match="x_BSD"):
+        output_change(lambda x: x, x[0], 2)
+    with pytest.raises(ValueError, match="empty"):
+        plot_output_change({}, 2)
+
+
+def test_soft_moe_weights_figure_draws_both_weightings():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from minimoe.viz.zoo import plot_soft_moe_weights
+    from minimoe.zoo import soft_moe_weights
+
+    dispatch, combine = soft_moe_weights(torch.randn(6, 3, 2))
+    axes = plot_soft_moe_weights(dispatch, combine)
+    shown = [ax.images[0].get_array() for ax in axes]
+    assert np.allclose(shown[0], dispatch.reshape(6, 6).numpy())
+    assert np.allclose(shown[1].sum(1), 1) and np.allclose(shown[0].sum(0), 1)
+    assert [t.get_text() for t in axes[0].get_xticklabels()][:3] == ["0.0", "0.1", "1.0"]
+    with pytest.raises(ValueError, match="same shape"):
+        plot_soft_moe_weights(dispatch, combine[:, :2])
+    with pytest.raises(ValueError, match="T, E, C"):
+        plot_soft_moe_weights(dispatch[0], combine)
