@@ -57,6 +57,16 @@ def _lesson_note(app, doctree) -> None:
     section.insert(title_at + 1, note)
 
 
+def _no_thebe(app, pagename, templatename, context, doctree) -> None:
+    """Jupyter Book loads sphinx-thebe (live code from a remote Binder) even with its launch
+    buttons off, and its inline script twice: a console error, and a URL on unpkg.com. The site
+    runs nothing live, so its scripts are left out of every page."""
+    context["script_files"] = [
+        js for js in context.get("script_files", [])
+        if "thebe" not in str(js).lower() + str(getattr(js, "attributes", {})).lower()
+    ]  # fmt: skip
+
+
 def _add_plotly(app) -> None:
     app.add_js_file("plotly.min.js", priority=200)
 
@@ -82,5 +92,6 @@ def setup(app):
     app.connect("doctree-read", _lesson_note, priority=400)
     app.connect("doctree-read", _drop_widget_state)
     app.connect("builder-inited", _add_plotly)
+    app.connect("html-page-context", _no_thebe)
     app.connect("build-finished", _copy_assets)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
