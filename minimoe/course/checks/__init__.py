@@ -30,20 +30,27 @@ from minimoe.course.checks.ch05_padded import check_padded_experts
 from minimoe.course.checks.ch07_specialise import check_specialisation
 from minimoe.course.checks.ch07_train import check_train_step
 from minimoe.course.checks.ch09_ep import check_order_by_rank, check_placement, check_send_counts
+from minimoe.course.checks.ch10_cache import check_belady_hits, check_lru_hits
+from minimoe.course.checks.ch10_experts import check_expected_experts_touched
+from minimoe.course.checks.ch10_roofline import check_decode_step
 
 __all__ = [
+    "check_belady_hits",
     "check_bias_balancing",
     "check_capacity",
     "check_collapse_metrics",
     "check_count_params",
+    "check_decode_step",
     "check_device_balance_loss",
     "check_dispatch_combine",
     "check_drop_rate",
     "check_dropped_output",
+    "check_expected_experts_touched",
     "check_ffn",
     "check_gate",
     "check_k_major",
     "check_loop_moe",
+    "check_lru_hits",
     "check_moe_layer",
     "check_noisy_logits",
     "check_order_by_rank",
