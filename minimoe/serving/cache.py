@@ -59,7 +59,9 @@ class ExpertCache:
     Attributes:
         contents: the cached keys (a set; read it, do not change it).
         evicted: the keys the last `request` evicted (empty after a hit or a free-slot miss).
-        inserted: the keys the last `request` brought in (the requested key on a miss).
+        inserted: the keys the last `request` brought in (the requested key on a miss, and
+            any prefetched ones).
+        prefetched: the keys the last `request` loaded ahead of their use (prefetch policies).
     """
 
     name = "base"
@@ -69,25 +71,40 @@ class ExpertCache:
         self.contents: set[int] = set()
         self.evicted: list[int] = []
         self.inserted: list[int] = []
+        self.prefetched: list[int] = []
+        self.last_hit, self._last_key, self._before = False, -1, frozenset()
         self.position = 0  # requests served so far
 
     def request(self, key: int) -> bool:
         """Serve one request: True on a hit; on a miss the key is inserted (evicting if full)."""
         key = check_int("key", key, low=0)
-        self.evicted, self.inserted = [], []
+        self.evicted, self.inserted, self.prefetched = [], [], []
         hit = key in self.contents
+        self.last_hit, self._last_key, self._before = hit, key, frozenset(self.contents)
         self._record(key, hit)
         if not hit and self.cache_size > 0:
-            if len(self.contents) >= self.cache_size:
-                victim = self._victim(key)
-                self.contents.remove(victim)
-                self._forget(victim)
-                self.evicted.append(victim)
-            self.contents.add(key)
-            self._admit(key)
-            self.inserted.append(key)
+            self._insert(key)
         self.position += 1
         return hit
+
+    @property
+    def loads(self) -> int:
+        """Experts the last request had to load: the requested one on a miss (even with no room
+        to keep it), plus the keys cached now that were not before it (prefetched ones; a key
+        evicted and brought back within the same request never left memory)."""
+        brought_in = self.contents - self._before - {self._last_key}
+        return len(brought_in) + (0 if self.last_hit else 1)
+
+    def _insert(self, key: int) -> None:
+        """Put a key in, evicting the policy's victim first when the cache is full."""
+        if len(self.contents) >= self.cache_size:
+            victim = self._victim(key)
+            self.contents.remove(victim)
+            self._forget(victim)
+            self.evicted.append(victim)
+        self.contents.add(key)
+        self._admit(key)
+        self.inserted.append(key)
 
     # the hooks each policy fills in
     def _record(self, key: int, hit: bool) -> None:

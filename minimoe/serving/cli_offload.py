@@ -1,0 +1,149 @@
+"""`python -m minimoe offload`: serve the tiny LM with its experts on disk, under each cache policy.
+
+For each policy (lru, lfu, prefetch, belady) and cache size it generates the same text with the
+offloaded runtime, and prints one row: the hit rate the runtime measured and the one the
+simulator predicts from the trace, the bytes it read from disk, its speed, and whether its text
+is the resident model's. `--quick` is the small run (about a minute on a 2-core CPU, plus the
+quick model's training the first time); `--json PATH` writes the rows with the machine's
+description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from minimoe.lm.checkpoint import load_checkpoint
+from minimoe.serving.offload import policy_table
+from minimoe.serving.pretrained import tiny_model
+from minimoe.serving.simulate import POLICIES
+
+PROMPT = "def __init__(self, "
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `minimoe offload`."""
+    parser.add_argument("--quick", action="store_true", help="the small run: 48 new bytes")
+    parser.add_argument("--prompt", default=PROMPT, help=f"the text to continue ({PROMPT!r})")
+    parser.add_argument("--length", type=int, default=None, help="bytes to generate (96; 48 quick)")
+    parser.add_argument(
+        "--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="cache policies"
+    )
+    parser.add_argument(
+        "--cache-sizes", nargs="+", type=int, default=None, metavar="N",
+        help="experts the cache holds (default: 2 4 8 12 of the model's 16)",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="a `minimoe train --save` file")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| policy | cache (of total) | hit rate measured | simulated | every hit/miss equal "
+        "| loads | MB moved | bytes/s | same text |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['cache_experts']} / {r['total_experts']} "
+            f"| {r['hit_rate_measured']:.3f} | {r['hit_rate_simulated']:.3f} | {r['hits_match']} "
+            f"| {r['loads']} | {r['bytes_moved'] / 1e6:.2f} | {r['tokens_per_s']:.1f} "
+            f"| {r['same_text_as_resident']} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """A description of the machine, stored with the results."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the policy table; returns the exit code (1 if any run disagrees)."""
+    length = args.length if args.length is not None else (48 if args.quick else 96)
+    if length < 1:
+        parser.error(f"--length must be >= 1, got {length}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if not args.prompt:
+        parser.error("--prompt must not be empty")
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        model, _, _ = load_checkpoint(args.checkpoint)
+        model.eval()
+        source = args.checkpoint
+    else:
+        model, info = tiny_model(progress=not args.no_progress)
+        source = f"quick tiny LM ({info['steps']} steps, val loss {info['val_loss']:.3f})"
+    total = model.cfg.n_moe_layers * model.cfg.n_experts
+    sizes = args.cache_sizes or [n for n in (2, 4, 8, 12) if n < total] + [total]
+    if any(n < 0 for n in sizes):
+        parser.error("--cache-sizes must be >= 0")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="minimoe-offload-") as directory:
+        rows, resident = policy_table(
+            model,
+            directory,
+            args.prompt.encode(),
+            length,
+            policies=tuple(args.policies),
+            cache_sizes=tuple(sizes),
+            temperature=args.temperature,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    wall = time.perf_counter() - start
+    print(f"model: {source}; {total} experts ({model.cfg.n_moe_layers} MoE layers x "
+          f"{model.cfg.n_experts}), top-{model.cfg.top_k}")  # fmt: skip
+    print(f"resident text: {resident.text!r}")
+    print(f"resident speed: {resident.tokens_per_s:.1f} bytes/s (all experts in memory)")
+    table = format_table(rows)
+    print(table)
+    print(f"total wall time {wall:.1f} s ({torch.get_num_threads()} thread(s))")
+    agree = all(r["hits_match"] and r["same_text_as_resident"] for r in rows)
+    payload = {
+        "command": "python -m minimoe offload"
+        + (" --quick" if args.quick else "")
+        + f" --length {length} --seed {args.seed} --temperature {args.temperature}",
+        "model": source,
+        "prompt": args.prompt,
+        "resident_text": resident.text,
+        "resident_tokens_per_s": resident.tokens_per_s,
+        "new_bytes": length,
+        "wall_s": wall,
+        "machine": machine(),
+        "rows": rows,
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        text = f"# Offloaded tiny LM: cache policies\n\n`{payload['command']}` on {payload['machine']['platform']} ({payload['machine']['cpu_count']} CPUs), {wall:.0f} s.\n\n{table}\n"
+        Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}")
+    if not agree:
+        print("DISAGREEMENT: a run's text or hits differ from the resident model / the simulator")
+        return 1
+    return 0
