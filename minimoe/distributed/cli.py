@@ -27,6 +27,12 @@ import torch
 
 from minimoe.distributed.comm import time_rank
 from minimoe.distributed.launch import launch
+from minimoe.distributed.plan import (
+    cross_rank_slots,
+    expert_load_by_rank,
+    expert_ranks,
+    greedy_placement,
+)
 from minimoe.distributed.verify import CASES, check_cases
 
 
@@ -89,6 +95,40 @@ def summarise(results: list[dict], world_size: int) -> dict:
     return report
 
 
+def placement_report(ids_by_rank: list[list[list[list[int]]]]) -> list[dict]:
+    """Greedy placement against contiguous on the LM's real routing, per MoE layer.
+
+    ids_by_rank[w][step][layer]: the expert ids of rank w's slots. The greedy placement is fitted
+    on the first half of the steps and measured on the second half (held out), as a placement
+    chosen from yesterday's traffic would be used on today's.
+    """
+    W, steps = len(ids_by_rank), len(ids_by_rank[0])
+    n_layers = len(ids_by_rank[0][0])
+    E = 1 + max(max(ids) for rank in ids_by_rank for step in rank for ids in step)
+    E = -(-E // W) * W
+    out = []
+    for layer in range(n_layers):
+
+        def load(lo: int, hi: int, layer: int = layer) -> torch.Tensor:
+            per_rank = [
+                torch.tensor([e for s in range(lo, hi) for e in ids_by_rank[w][s][layer]])
+                for w in range(W)
+            ]
+            return expert_load_by_rank(per_rank, E)
+
+        fit_WE, test_WE = load(0, steps // 2), load(steps // 2, steps)
+        greedy_E = greedy_placement(fit_WE, E // W)
+        total = int(test_WE.sum())
+        out.append({
+            "layer": layer,
+            "slots_measured": total,
+            "cross_rank_slots_contiguous": cross_rank_slots(test_WE, expert_ranks(E, W)),
+            "cross_rank_slots_greedy": cross_rank_slots(test_WE, greedy_E),
+            "greedy_rank_E": greedy_E.tolist(),
+        })  # fmt: skip
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `minimoe ep`."""
     parser.add_argument("--ranks", type=int, default=2, help="processes W (default 2)")
@@ -135,7 +175,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         report["lm_loss_expert_parallel"] = ep_curve
         report["lm_loss_single_process"] = single
         report["lm_loss_max_abs_diff"] = max(abs(a - b) for a, b in zip(ep_curve, single))
-        report["lm_expert_ids_by_rank"] = [r["lm"]["expert_ids"] for r in results]
+        report["placement_on_lm_routing"] = placement_report(
+            [r["lm"]["expert_ids"] for r in results]
+        )
     report["wall_s"] = time.perf_counter() - start
     report["threads_per_rank"] = 1
     _print(report)
@@ -177,4 +219,9 @@ def _print(report: dict) -> None:
         print(f"  tiny LM, {steps} steps: final lm loss {report['lm_loss_expert_parallel'][-1]:.4f}"
               f" expert-parallel, {report['lm_loss_single_process'][-1]:.4f} one process; "
               f"largest gap {report['lm_loss_max_abs_diff']:.2e}")  # fmt: skip
+    for p in report.get("placement_on_lm_routing", []):
+        n = p["slots_measured"]
+        print(f"    layer {p['layer']} routing, held-out steps: slots leaving their rank "
+              f"{p['cross_rank_slots_contiguous'] / n:.1%} contiguous, "
+              f"{p['cross_rank_slots_greedy'] / n:.1%} greedy placement {p['greedy_rank_E']}")  # fmt: skip
     print(f"  wall time {report['wall_s']:.1f} s")

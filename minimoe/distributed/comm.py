@@ -71,7 +71,9 @@ def overlapped_forward(layer: ExpertParallelMoE, x_TD: torch.Tensor, chunks: int
     backs = []
     for part, slot_R, send_W, recv_W, recv_WJ, x_MD, work in plans:
         work.wait()
-        local_M = torch.repeat_interleave(torch.arange(J).repeat(W), recv_WJ.reshape(-1))
+        local_M = (
+            torch.arange(J, device=x_MD.device).repeat(W).repeat_interleave(recv_WJ.reshape(-1))
+        )
         ones_M1 = x_MD.new_ones(x_MD.shape[0], 1)
         y_MD = layer.local_experts_fn(x_MD, local_M[:, None], ones_M1, layer.experts.params)
         y_RD = x_TD.new_empty(sum(send_W), D)

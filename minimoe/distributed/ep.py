@@ -127,6 +127,9 @@ class ExpertParallelMoE(MoELayer):
         experts: an `Experts` of J experts (row j is expert local_experts_J[j]).
     """
 
+    rank_E: torch.Tensor  # buffers: the placement, and the experts of each rank (W, J)
+    experts_WJ: torch.Tensor
+
     def __init__(
         self,
         cfg: MoEConfig,
