@@ -36,7 +36,7 @@ from minimoe.serving.roofline import (
     shape_from_config,
     shape_from_lm,
 )
-from minimoe.serving.trace import RoutingTrace, flatten_trace, trace_keys_TLK
+from minimoe.serving.trace import RoutingTrace, experts_touched, flatten_trace, trace_keys_TLK
 
 __all__ = [
     "GPU",
@@ -56,6 +56,7 @@ __all__ = [
     "decode_step_flops",
     "decode_step_time",
     "expected_experts_touched",
+    "experts_touched",
     "flatten_trace",
     "lfu_hits",
     "lru_hits",

@@ -30,15 +30,17 @@ PROMPT = "def __init__(self, "
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `minimoe offload`."""
-    parser.add_argument("--quick", action="store_true", help="the small run: 48 new bytes")
+    parser.add_argument(
+        "--quick", action="store_true", help="the small run: 40 new bytes, caches of 2, 4, 8"
+    )
     parser.add_argument("--prompt", default=PROMPT, help=f"the text to continue ({PROMPT!r})")
-    parser.add_argument("--length", type=int, default=None, help="bytes to generate (96; 48 quick)")
+    parser.add_argument("--length", type=int, default=None, help="bytes to generate (96; 40 quick)")
     parser.add_argument(
         "--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="cache policies"
     )
     parser.add_argument(
         "--cache-sizes", nargs="+", type=int, default=None, metavar="N",
-        help="experts the cache holds (default: 2 4 8 12 of the model's 16)",
+        help="experts the cache holds (default: 2 4 8 12 and all; quick: 2 4 8)",
     )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -80,7 +82,7 @@ def machine() -> dict:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the policy table; returns the exit code (1 if any run disagrees)."""
-    length = args.length if args.length is not None else (48 if args.quick else 96)
+    length = args.length if args.length is not None else (40 if args.quick else 96)
     if length < 1:
         parser.error(f"--length must be >= 1, got {length}")
     if args.threads < 1:
@@ -96,7 +98,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model, info = tiny_model(progress=not args.no_progress)
         source = f"quick tiny LM ({info['steps']} steps, val loss {info['val_loss']:.3f})"
     total = model.cfg.n_moe_layers * model.cfg.n_experts
-    sizes = args.cache_sizes or [n for n in (2, 4, 8, 12) if n < total] + [total]
+    default = (
+        [n for n in (2, 4, 8) if n < total]
+        if args.quick
+        else [n for n in (2, 4, 8, 12) if n < total] + [total]
+    )
+    sizes = args.cache_sizes or default
     if any(n < 0 for n in sizes):
         parser.error("--cache-sizes must be >= 0")
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import torch
 
 from minimoe.validate import check_int
 
-__all__ = ["RoutingTrace", "flatten_trace", "trace_keys_TLK"]
+__all__ = ["RoutingTrace", "experts_touched", "flatten_trace", "trace_keys_TLK"]
 
 
 @dataclass
@@ -87,3 +87,44 @@ def flatten_trace(trace: RoutingTrace) -> list[int]:
     """The keys in the runtime's request order: token by token, layer by layer, k in the
     router's order; key = layer * E + expert."""
     return trace_keys_TLK(trace).reshape(-1).tolist()
+
+
+def experts_touched(
+    trace: RoutingTrace, batch: int, *, mode: str = "random", seed: int = 0
+) -> float:
+    """The mean number of distinct experts per MoE layer that `batch` tokens of the trace touch.
+
+    Args:
+        trace: a `RoutingTrace` with at least `batch` tokens.
+        batch: B >= 1.
+        mode: "random": batches of B tokens drawn without replacement from the whole trace (a
+            decode batch holds B different requests; this keeps the router's real load
+            imbalance but not the requests' independence); "consecutive": disjoint windows of B
+            consecutive tokens (one request's tokens: correlated routing).
+        seed: of the random batches (200 of them).
+
+    Returns:
+        The mean over batches and layers, to compare with `expected_experts_touched(E, K, B)`.
+    """
+    import random
+
+    if not isinstance(trace, RoutingTrace):
+        raise TypeError(f"trace must be a RoutingTrace, got {type(trace).__name__}")
+    B = check_int("batch", batch, low=1, high=max(1, len(trace)))
+    if len(trace) == 0:
+        raise ValueError("the trace is empty")
+    if mode not in ("random", "consecutive"):
+        raise ValueError(f"mode must be 'random' or 'consecutive', got {mode!r}")
+    expert_TLK = trace.expert_TLK
+    T = expert_TLK.shape[0]
+    if mode == "consecutive":
+        batches = [list(range(s, s + B)) for s in range(0, T - B + 1, B)]
+    else:
+        rng = random.Random(seed)
+        batches = [rng.sample(range(T), B) for _ in range(200)]
+    total = 0
+    for rows in batches:
+        chosen_BLK = expert_TLK[rows]
+        for layer in range(trace.n_layers):
+            total += int(torch.unique(chosen_BLK[:, layer]).numel())
+    return total / (len(batches) * trace.n_layers)

@@ -36,3 +36,25 @@ def test_bad_input():
         trace.append(torch.zeros(2, 2))
     with pytest.raises(TypeError, match="trace"):
         flatten_trace([[0, 1]])
+
+
+def test_experts_touched_by_batches():
+    from minimoe.serving import expected_experts_touched, experts_touched
+    from minimoe.serving.simulate import random_trace
+
+    same = RoutingTrace(4, 1, 2)
+    for _ in range(6):
+        same.append(torch.tensor([[0, 1]]))
+    assert experts_touched(same, 3) == 2.0  # perfectly correlated routing: always the same 2
+    assert experts_touched(same, 2, mode="consecutive") == 2.0
+    alternating = RoutingTrace(4, 1, 1)
+    for t in range(8):
+        alternating.append(torch.tensor([[t % 2]]))
+    assert experts_touched(alternating, 2, mode="consecutive") == 2.0
+    uniform = random_trace(400, 2, 8, 2, seed=1)
+    got = experts_touched(uniform, 4)
+    assert abs(got - expected_experts_touched(8, 2, 4)) < 0.15  # 200 batches x 2 layers
+    with pytest.raises(ValueError, match="mode"):
+        experts_touched(uniform, 2, mode="all")
+    with pytest.raises(ValueError, match="batch"):
+        experts_touched(same, 7)
