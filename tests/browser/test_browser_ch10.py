@@ -1,7 +1,7 @@
 """Chapter 10's cache explorer in real JupyterLab: the hit rate it shows follows the simulator.
 
 The test opens the lesson in headless Chromium, runs only the cells the explorer needs (the
-setup, the 20-second training, the generation that records the trace, the explorer and the
+setup, the roofline explorer (screenshot only), the 200-step training, the generation that records the trace, the explorer and the
 simulator's policy table), then moves the explorer's cache-size slider with the keyboard and
 picks another policy from its dropdown: each time, the hit rate the explorer shows must be the
 one the policy table (computed by `minimoe.serving.simulate` in the same kernel) prints for that
@@ -22,6 +22,7 @@ LESSON = "notebooks/10_serving.ipynb"
 # the cells the explorer needs, by the first line of their source
 NEEDED = (
     "# Setup",
+    "# The decode roofline explorer",
     "# Train the tiny LM",
     "# Generate 200 bytes",
     "# The cache explorer",
@@ -62,8 +63,11 @@ def test_cache_explorer_in_chapter_10(lab, browser):
             index,
         )
     cells = page.locator(".jp-Notebook .jp-Cell")
-    explorer_cell = cells.nth(_cell_indices()[3])
-    table_cell = cells.nth(_cell_indices()[4])
+    indices = _cell_indices()
+    roofline_cell, explorer_cell, table_cell = (cells.nth(indices[i]) for i in (1, 4, 5))
+    roofline_cell.scroll_into_view_if_needed()
+    assert roofline_cell.locator(".js-plotly-plot").count() == 2
+    roofline_cell.screenshot(path=str(SCREENSHOTS / "10_roofline_explorer.png"))
     table_text = table_cell.locator(".jp-OutputArea-output").first.inner_text()
     table = _table(table_text)
     assert set(table) == {"lru", "lfu", "prefetch", "belady"}, table_text
