@@ -55,6 +55,8 @@ class Setting:
             position.
         remedy: which knob `with_strength` turns ("aux", "z", "bias", "capacity" or "").
         note: one line on what to look for.
+        router: the MoE layer, a name of `minimoe.zoo.layers.ROUTERS` ("token_choice" is
+            `minimoe.MoELayer`); router_options: its extra keyword arguments.
     """
 
     name: str
@@ -65,6 +67,8 @@ class Setting:
     capacity_factor: float | None = None
     remedy: str = ""
     note: str = ""
+    router: str = "token_choice"
+    router_options: dict | None = None
 
     def __post_init__(self) -> None:
         if self.aux_coef < 0 or self.z_coef < 0 or self.bias_rate < 0:
@@ -138,6 +142,7 @@ STEPS = 400
 BATCH = 256
 LR = 3e-3
 EVAL_EVERY = 20
+GROUP = 64  # tokens per routing group of routers that route groups (Soft MoE's slots)
 
 
 def get_setting(name: str | Setting) -> Setting:
@@ -214,7 +219,20 @@ def build_model(setting: Setting, task: ClusterTask, seed: int) -> CollapseModel
         **cap,
     )
     torch.manual_seed(seed)
-    return CollapseModel(moe_cfg, task.mean_D)
+    if setting.router == "token_choice":
+        return CollapseModel(moe_cfg, task.mean_D)
+    from minimoe.zoo.layers import make_moe_layer
+
+    layer = make_moe_layer(
+        setting.router, moe_cfg, group_size=GROUP, options=setting.router_options
+    )
+    return CollapseModel(moe_cfg, task.mean_D, layer=layer)
+
+
+def _max_logit(r) -> float:
+    """The largest |router logit| of a result (NaN for a router without logits)."""
+    logits = r.routing.logits_TE if r.routing is not None else getattr(r, "logits", None)
+    return float(logits.detach().abs().max()) if logits is not None else math.nan
 
 
 @torch.no_grad()
@@ -238,7 +256,7 @@ def evaluate(model: CollapseModel, task: ClusterTask) -> dict:
         "drop_rate": s.drop_rate,
         "aux": float(r.aux_loss),
         "z": float(r.z_loss),
-        "max_logit": float(r.routing.logits_TE.abs().max()),
+        "max_logit": _max_logit(r),
         "routed_E": s.routed_E.tolist(),
     }
 
@@ -277,6 +295,8 @@ def run_setting(
     start = time.perf_counter()
     for step in range(steps):
         idx_B = torch.randint(0, task.x_train_TD.shape[0], (BATCH,), generator=batches)
+        if hasattr(model.moe, "set_step"):  # a per-step schedule (top-k warm-up)
+            model.moe.set_step(step, steps)
         pred_BD, r = model(task.x_train_TD[idx_B])
         task_loss = ((pred_BD - task.y_train_TD[idx_B]) ** 2).mean()
         loss = task_loss + setting.aux_coef * r.aux_loss + setting.z_coef * r.z_loss
@@ -297,7 +317,7 @@ def run_setting(
             res.drop_H.append(s.drop_rate)
             res.aux_H.append(float(r.aux_loss.detach()))
             res.z_H.append(float(r.z_loss.detach()))
-            res.max_logit_H.append(float(r.routing.logits_TE.detach().abs().max()))
+            res.max_logit_H.append(_max_logit(r))
             res.train_loss_H.append(float(task_loss.detach()) / task.target_var)
             if step % EVAL_EVERY == 0 or step == steps - 1:
                 res.eval_steps.append(step)

@@ -136,6 +136,9 @@ class CollapseModel(nn.Module):
             starts with about the same share of tokens.
         router_scale: multiplies the initial router weights (small: an undecided router).
         experts_fn: the experts implementation.
+        layer: another MoE layer to use instead of `MoELayer(moe_cfg)` (a `minimoe.zoo` router);
+            the weights through which it reads x to route (a router's `w_ED`, a recurrent
+            router's `w_proj_ZD`, Soft MoE's slots `phi_DEC`) get the same start.
     """
 
     def __init__(
@@ -145,16 +148,21 @@ class CollapseModel(nn.Module):
         *,
         router_scale: float = 0.1,
         experts_fn: ExpertsFn = loop_moe,
+        layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.moe = MoELayer(moe_cfg, experts_fn=experts_fn)
+        self.moe = MoELayer(moe_cfg, experts_fn=experts_fn) if layer is None else layer
         self.readout = nn.Linear(moe_cfg.d_model, moe_cfg.d_model)
+        m_D = mean_D / mean_D.norm().clamp_min(1e-12)
         with torch.no_grad():
-            w_ED = self.moe.router.w_ED
-            m_D = mean_D / mean_D.norm().clamp_min(1e-12)
-            w_ED.sub_(torch.outer(w_ED @ m_D, m_D)).mul_(router_scale)
+            for name, w in self.moe.named_parameters():
+                if name.endswith(("router.w_ED", "w_proj_ZD")):  # rows read x
+                    w.sub_(torch.outer(w @ m_D, m_D)).mul_(router_scale)
+                elif name.endswith("phi_DEC"):  # each slot's column reads x
+                    w.sub_(torch.einsum("d,ec->dec", m_D, torch.einsum("d,dec->ec", m_D, w)))
+                    w.mul_(router_scale)
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, MoEResult]:
-        """x_TD -> (prediction_TD, the MoE layer's `MoEResult`)."""
+        """x_TD -> (prediction_TD, the MoE layer's result: an `MoEResult` or alike)."""
         h_TD, result = self.moe(x_TD)
         return self.readout(h_TD), result

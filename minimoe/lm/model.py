@@ -42,8 +42,9 @@ from minimoe.config import (
 )
 from minimoe.experts import ExpertsFn, ffn
 from minimoe.impls import IMPLEMENTATIONS
-from minimoe.layer import MoELayer, MoEResult
+from minimoe.layer import MoEResult
 from minimoe.loop import loop_moe
+from minimoe.zoo.layers import ROUTERS, inactive_params, make_moe_layer
 
 # The experts implementations the command line offers: every registered one but the float64
 # oracle (`minimoe.impls`; "triton" imports Triton on its first call). The default is the loop
@@ -77,6 +78,9 @@ class LMConfig:
             aux_loss: passed to each layer's `MoEConfig` (see `minimoe.config`).
         dropout: dropout on attention weights and on each residual branch (0 = none).
         tie_embeddings: the output head reuses the input embedding matrix (as GPT-2 and nanoGPT).
+        router: which MoE layer each MoE block gets, a name of `minimoe.zoo.layers.ROUTERS`
+            ("token_choice", the default, is `minimoe.MoELayer`).
+        router_options: extra keyword arguments of that layer (None = its defaults).
     """
 
     vocab_size: int = 256
@@ -98,6 +102,8 @@ class LMConfig:
     aux_loss: str = "switch"
     dropout: float = 0.0
     tie_embeddings: bool = True
+    router: str = "token_choice"
+    router_options: dict | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads"):
@@ -122,6 +128,7 @@ class LMConfig:
             ("capacity_formula", CAPACITY_FORMULAS),
             ("drop_policy", DROP_POLICIES),
             ("aux_loss", AUX_LOSSES),
+            ("router", ROUTERS),
         ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -218,27 +225,55 @@ class DenseFFN(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(norm(x)), then x + ffn(norm(x)); the FFN is an `MoELayer` or a `DenseFFN`."""
+    """x + attn(norm(x)), then x + ffn(norm(x)); the FFN is an MoE layer or a `DenseFFN`.
 
-    def __init__(self, cfg: LMConfig, moe: bool, experts_fn: ExpertsFn, seed: int) -> None:
+    The MoE layer is `cfg.router`'s (`minimoe.zoo.layers.make_moe_layer`; an `MoELayer` for
+    "token_choice"); `moe_index` is its rank among the MoE blocks, `shared` a dict every block
+    of the model shares (a recurrent router's cell). A layer with `uses_context` gets the
+    forward pass's context dict (the token ids, a recurrent router's state).
+    """
+
+    def __init__(
+        self,
+        cfg: LMConfig,
+        moe: bool,
+        experts_fn: ExpertsFn,
+        seed: int,
+        moe_index: int = 0,
+        shared: dict | None = None,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.norm2 = nn.RMSNorm(cfg.d_model)
         self.ffn = (
-            MoELayer(cfg.moe_config(seed), experts_fn=experts_fn)
+            make_moe_layer(
+                cfg.router,
+                cfg.moe_config(seed),
+                layer_index=moe_index,
+                n_moe_layers=cfg.n_moe_layers,
+                shared=shared,
+                experts_fn=experts_fn,
+                group_size=cfg.seq_len,
+                vocab_size=cfg.vocab_size,
+                options=cfg.router_options,
+            )
             if moe
             else DenseFFN(cfg.d_model, cfg.dense_d_ff, cfg.activation)
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, MoEResult | None]:
+    def forward(
+        self, x_BSD: torch.Tensor, context: dict | None = None
+    ) -> tuple[torch.Tensor, MoEResult | None]:
         x_BSD = x_BSD + self.drop(self.attn(self.norm1(x_BSD)))
         result = None
-        if isinstance(self.ffn, MoELayer):
-            h_BSD, result = self.ffn(self.norm2(x_BSD))
-        else:
+        if isinstance(self.ffn, DenseFFN):
             h_BSD = self.ffn(self.norm2(x_BSD))
+        elif getattr(self.ffn, "uses_context", False):
+            h_BSD, result = self.ffn(self.norm2(x_BSD), context=context)
+        else:
+            h_BSD, result = self.ffn(self.norm2(x_BSD))
         return x_BSD + self.drop(h_BSD), result
 
 
@@ -257,8 +292,11 @@ class TinyLM(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
+        moe_index = [sum(cfg.is_moe_layer(j) for j in range(i)) for i in range(cfg.n_layers)]
+        shared: dict = {}  # what the MoE layers of this model share (a recurrent router's cell)
         self.blocks = nn.ModuleList(
-            Block(cfg, cfg.is_moe_layer(i), experts_fn, seed=i) for i in range(cfg.n_layers)
+            Block(cfg, cfg.is_moe_layer(i), experts_fn, i, moe_index[i], shared)
+            for i in range(cfg.n_layers)
         )
         self.norm = nn.RMSNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -273,9 +311,9 @@ class TinyLM(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=0.02)
 
     @property
-    def moe_layers(self) -> list[MoELayer]:
-        """The MoE layers, in depth order."""
-        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
+    def moe_layers(self) -> list[nn.Module]:
+        """The MoE layers (an `MoELayer`, or the zoo layer of `cfg.router`), in depth order."""
+        return [b.ffn for b in self.blocks if not isinstance(b.ffn, DenseFFN)]
 
     def forward(self, idx_BS: torch.Tensor) -> tuple[torch.Tensor, list[MoEResult]]:
         """idx_BS: (B, S) int64 byte ids, S <= seq_len.
@@ -294,8 +332,9 @@ class TinyLM(nn.Module):
         pos_S = torch.arange(S, device=idx_BS.device)
         x_BSD = self.wte(idx_BS) + self.wpe(pos_S)
         results = []
+        context: dict = {"token_ids": idx_BS}  # one per pass: what routers may read (hash ids)
         for block in self.blocks:
-            x_BSD, result = block(x_BSD)
+            x_BSD, result = block(x_BSD, context)
             if result is not None:
                 results.append(result)
         return self.lm_head(self.norm(x_BSD)), results
@@ -306,6 +345,7 @@ def count_params(model: TinyLM) -> tuple[int, int]:
 
     A tied output head is counted once. Active = total minus, in every MoE layer, the weights of
     the E - K experts a token does not use; the router (and its noise weights) count as active.
+    A zoo layer says what a token does not use itself (`minimoe.zoo.layers.inactive_params`).
 
     Returns:
         (total, active) as ints.
@@ -313,9 +353,5 @@ def count_params(model: TinyLM) -> tuple[int, int]:
     if not isinstance(model, TinyLM):
         raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
     total = sum(p.numel() for p in model.parameters())  # shared tensors are yielded once
-    inactive = 0
-    for layer in model.moe_layers:
-        E, K = layer.cfg.n_experts, layer.cfg.top_k
-        per_expert = sum(p.numel() for p in layer.experts.parameters()) // E
-        inactive += (E - K) * per_expert
+    inactive = sum(inactive_params(layer) for layer in model.moe_layers)
     return total, total - inactive

@@ -24,6 +24,9 @@ Routers with a DeepSeek-V3 selection bias are balanced without a loss after ever
 b += bias_rate * sign(mean_load - load) (arXiv 2408.15664), when `bias_rate` > 0; the load
 counts the slots routed to each expert, before any capacity drops.
 
+Layers with a per-step schedule (`minimoe.zoo`'s top-k warm-up) get `set_step(step, steps)`
+before each training step (step 0-based); the trainer knows nothing else of any router.
+
 Left out: gradient accumulation, mixed precision, learning-rate finders, distributed training.
 """
 
@@ -283,6 +286,9 @@ def train(
             group["lr"] = lr
         x_BS, y_BS = get_batch(corpus.train_U8, tcfg.batch_size, S, generator)
         x_BS, y_BS = x_BS.to(tcfg.device), y_BS.to(tcfg.device)
+        for layer in model.moe_layers:  # a per-step schedule (top-k warm-up), when a layer has one
+            if hasattr(layer, "set_step"):
+                layer.set_step(step - 1, tcfg.steps)
         logits_BSV, results = model(x_BS)
         lm = lm_loss(logits_BSV, y_BS)
         aux, z = router_losses(results, lm)
@@ -294,8 +300,9 @@ def train(
         optimizer.step()
         if tcfg.bias_rate > 0:
             for layer, r in zip(model.moe_layers, results):
-                if layer.router.bias_E is not None:
-                    layer.router.update_bias(r.stats.routed_E, tcfg.bias_rate)
+                router = getattr(layer, "router", None)
+                if getattr(router, "bias_E", None) is not None:
+                    router.update_bias(r.stats.routed_E, tcfg.bias_rate)
         wall_s += time.perf_counter() - t0
         tokens += x_BS.numel()
         info = dict(lm_loss=lm.item(), aux_loss=aux.item(), z_loss=z.item())

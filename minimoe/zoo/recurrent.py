@@ -20,9 +20,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minimoe.config import MoEConfig
+from minimoe.experts import Experts
+from minimoe.loop import loop_moe
+from minimoe.routing import route
 from minimoe.validate import check_float_tensor, check_shape
+from minimoe.zoo.result import ZooResult, token_choice_losses, token_choice_stats
 
-__all__ = ["recurrent_router_step"]
+__all__ = ["RecurrentRouterLayer", "recurrent_router_step"]
 
 
 def recurrent_router_step(
@@ -68,3 +73,69 @@ def recurrent_router_step(
     h_next_TZ = cell(r_TZ, h_TZ)
     logits_TE = h_next_TZ @ w_out_EZ.t()
     return logits_TE, h_next_TZ
+
+
+class RecurrentRouterLayer(nn.Module):
+    """A token-choice MoE layer whose router is one step of the layerwise recurrent router.
+
+    The GRU cell is shared by every layer of a model (pass the same `cell`); the state travels
+    in the forward's `context` dict under "recurrent_router_h" (the tiny LM makes one context per
+    forward pass, so each pass starts from h = 0 at its first MoE layer). Without a context (a
+    single layer) the state starts at 0.
+
+    Args:
+        cfg: the `MoEConfig` (D, F, E, K, gating, aux loss).
+        cell: the shared `nn.GRUCell(Z, Z)` (default: a new one of `state_size`).
+        state_size: Z when no cell is given (default D // 2: a router state smaller than D,
+            as the paper projects each token to a lower dimension, eq. 4).
+        experts_fn: the experts step.
+
+    Dropless; the Switch aux loss and the z-loss on the logits, statistics as token choice.
+    """
+
+    uses_context = True
+
+    def __init__(
+        self,
+        cfg: MoEConfig,
+        *,
+        cell: nn.GRUCell | None = None,
+        state_size: int | None = None,
+        experts_fn=loop_moe,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cell is None:
+            Z = max(1, cfg.d_model // 2) if state_size is None else state_size
+            cell = nn.GRUCell(Z, Z)
+        self.cell = cell
+        Z = cell.hidden_size
+        self.w_proj_ZD = nn.Parameter(torch.randn(cell.input_size, cfg.d_model) / cfg.d_model**0.5)
+        self.w_out_EZ = nn.Parameter(torch.randn(cfg.n_experts, Z) / Z**0.5)
+        self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.d_ff, cfg.activation)
+        self.experts_fn = experts_fn
+
+    def inactive_params(self) -> int:
+        per = sum(p.numel() for p in self.experts.parameters()) // self.cfg.n_experts
+        return (self.cfg.n_experts - self.cfg.top_k) * per
+
+    def forward(
+        self, x: torch.Tensor, context: dict | None = None
+    ) -> tuple[torch.Tensor, ZooResult]:
+        cfg = self.cfg
+        if x.dim() < 1 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"x must end in d_model={cfg.d_model}, got shape {tuple(x.shape)}")
+        x_TD = x.reshape(-1, cfg.d_model)
+        h_TZ = None if context is None else context.get("recurrent_router_h")
+        logits_TE, h_next_TZ = recurrent_router_step(
+            x_TD, h_TZ, self.w_proj_ZD, self.cell, self.w_out_EZ
+        )
+        if context is not None:
+            context["recurrent_router_h"] = h_next_TZ
+        routing = route(logits_TE.float(), cfg.top_k, cfg.gating)
+        y_TD = self.experts_fn(
+            x_TD, routing.expert_TK, routing.gate_TK.to(x.dtype), self.experts.params
+        )
+        aux, z = token_choice_losses(routing, cfg.aux_loss, cfg.n_experts)
+        stats = token_choice_stats(routing, cfg.n_experts)
+        return y_TD.view(x.shape), ZooResult(aux, z, routing, logits_TE, stats)

@@ -121,3 +121,41 @@ def gru_router_loop(x_TD, h_TZ, w_proj_ZD, cell, w_out_EZ):
 def expert_choice_capacity_loop(T: int, E: int, cf: float) -> int:
     """min(T, ceil(T cf / E)) by the paper's k = n c / e."""
     return min(T, math.ceil(T * cf / E))
+
+
+def reroute_loop(probs_TE, expert_TK, capacity: int):
+    """`minimoe.zoo.reroute.reroute_slots`, one slot at a time, as its docstring orders it."""
+    T, E = probs_TE.shape
+    K = expert_TK.shape[1]
+    final = [[int(expert_TK[t, k]) for k in range(K)] for t in range(T)]
+    keep = [[False] * K for _ in range(T)]
+    held = [set(final[t]) for t in range(T)]
+    load = [0] * E
+    for t in range(T):  # round 0: the "position" policy
+        for k in range(K):
+            if load[final[t][k]] < capacity:
+                load[final[t][k]] += 1
+                keep[t][k] = True
+    pending = {(t, k) for t in range(T) for k in range(K) if not keep[t][k]}
+    for _ in range(E):
+        for k in range(K):
+            room = [capacity - load[e] for e in range(E)]  # room at the start of the sub-round
+            asks = {}
+            for t in range(T):
+                if (t, k) not in pending:
+                    continue
+                options = [e for e in range(E) if e not in held[t] and room[e] > 0]
+                if not options:
+                    pending.discard((t, k))  # dropped for good
+                    continue
+                asks[t] = max(options, key=lambda e: (float(probs_TE[t, e]), -e))
+            for t in sorted(asks):
+                e = asks[t]
+                if room[e] > 0:
+                    room[e] -= 1
+                    load[e] += 1
+                    final[t][k] = e
+                    keep[t][k] = True
+                    held[t].add(e)
+                    pending.discard((t, k))
+    return torch.tensor(final, dtype=torch.int64).view(T, K), torch.tensor(keep).view(T, K)

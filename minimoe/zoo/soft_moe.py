@@ -23,14 +23,19 @@ paper uses to keep the logits from growing with D at large model widths.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from minimoe.experts import ExpertParams, expert_ffn
-from minimoe.validate import check_bool, check_float_tensor
+from minimoe.config import MoEConfig
+from minimoe.experts import ExpertParams, Experts, expert_ffn
+from minimoe.validate import check_bool, check_float_tensor, check_int, check_optional_int
 from minimoe.zoo._validate import check_x_and_params
+from minimoe.zoo.result import ZooResult, stats_from_counts
 
-__all__ = ["soft_moe", "soft_moe_weights"]
+__all__ = ["SoftMoELayer", "soft_moe", "soft_moe_groups", "soft_moe_weights"]
 
 
 def soft_moe_weights(logits_TEC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +97,107 @@ def soft_moe(
     xs_ECD = torch.einsum("tec,td->ecd", dispatch_TEC, x_TD)
     ys_ECD = torch.stack([expert_ffn(xs_ECD[e], params, e) for e in range(E)])
     return torch.einsum("tec,ecd->td", combine_TEC, ys_ECD)
+
+
+def soft_moe_groups(
+    x_GSD: torch.Tensor, phi_DEC: torch.Tensor, params: ExpertParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`soft_moe` on G routing groups of S tokens at once (each group has its own slots).
+
+    Returns:
+        (y_GSD, combine_GSEC): the outputs, and the combine weights (for statistics and plots).
+    """
+    G, S, D = x_GSD.shape
+    _, E, C = phi_DEC.shape
+    logits_GSEC = torch.einsum("gsd,dec->gsec", x_GSD, phi_DEC)
+    dispatch_GSEC = torch.softmax(logits_GSEC, dim=1)
+    combine_GSEC = torch.softmax(logits_GSEC.reshape(G, S, E * C), dim=2).reshape(G, S, E, C)
+    xs_GECD = torch.einsum("gsec,gsd->gecd", dispatch_GSEC, x_GSD)
+    ys_EGCD = torch.stack(
+        [expert_ffn(xs_GECD[:, e].reshape(G * C, D), params, e).view(G, C, D) for e in range(E)]
+    )
+    y_GSD = torch.einsum("gsec,egcd->gsd", combine_GSEC, ys_EGCD)
+    return y_GSD, combine_GSEC
+
+
+class SoftMoELayer(nn.Module):
+    """A Soft MoE layer (arXiv 2308.00951), returning (y, ZooResult).
+
+    Args:
+        cfg: the `MoEConfig` (D, F, E, activation).
+        slots_per_expert: C, slots per expert per routing group. For the compute of top-K token
+            choice, E * C = K * (tokens per group): the default needs `group_size`.
+        group_size: tokens per routing group for (T, D) input (T must be a multiple). Input of
+            shape (B, S, D) is routed one sequence per group, as the paper routes one image.
+        normalize: the paper's L2 normalisation (section 2.3) with a learned scale.
+
+    Statistics: load_E = slots each expert processed (C per group: equal by construction);
+    routed_E = tokens whose largest combine weight lies in expert e's slots (whom each token
+    listens to most); entropy = of each token's combine weights summed per expert. No drops,
+    no auxiliary loss (the paper uses none); z_loss is 0.
+    """
+
+    uses_context = False
+
+    def __init__(
+        self,
+        cfg: MoEConfig,
+        *,
+        slots_per_expert: int | None = None,
+        group_size: int | None = None,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.group_size = check_optional_int("group_size", group_size, low=1)
+        if slots_per_expert is None:
+            if group_size is None:
+                raise ValueError("give slots_per_expert, or group_size to derive it")
+            slots_per_expert = math.ceil(cfg.top_k * group_size / cfg.n_experts)
+        self.slots_per_expert = check_int("slots_per_expert", slots_per_expert, low=1)
+        self.normalize = check_bool("normalize", normalize)
+        D, E, C = cfg.d_model, cfg.n_experts, self.slots_per_expert
+        # the paper initialises phi like a linear layer's weights (LeCun normal): std 1/sqrt(D)
+        self.phi_DEC = nn.Parameter(torch.randn(D, E, C) / D**0.5)
+        self.scale = nn.Parameter(torch.ones(())) if normalize else None
+        self.experts = Experts(E, D, cfg.d_ff, cfg.activation)
+
+    def inactive_params(self) -> int:
+        """Compute-equivalent: every expert sees every token through the slot averages, but
+        the E * C slot rows cost K expert applications per token; counted as (E - K) idle."""
+        per_expert = sum(p.numel() for p in self.experts.parameters()) // self.cfg.n_experts
+        return (self.cfg.n_experts - self.cfg.top_k) * per_expert
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ZooResult]:
+        cfg = self.cfg
+        if x.dim() < 1 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"x must end in d_model={cfg.d_model}, got shape {tuple(x.shape)}")
+        if x.dim() == 3:
+            x_GSD = x
+        else:
+            x_TD = x.reshape(-1, cfg.d_model)
+            S = self.group_size or x_TD.shape[0]
+            if x_TD.shape[0] % S:
+                raise ValueError(f"T={x_TD.shape[0]} tokens do not split into groups of {S}")
+            x_GSD = x_TD.view(-1, S, cfg.d_model)
+        phi_DEC = self.phi_DEC.to(x.dtype)
+        if self.normalize:
+            x_GSD = F.normalize(x_GSD, dim=-1)
+            phi_DEC = self.scale * F.normalize(phi_DEC, dim=0)
+        y_GSD, combine_GSEC = soft_moe_groups(x_GSD, phi_DEC, self.experts.params)
+        E, C = cfg.n_experts, self.slots_per_expert
+        G = x_GSD.shape[0]
+
+        def stats():
+            w_TE = combine_GSEC.detach().sum(-1).reshape(-1, E)
+            routed_E = (
+                torch.bincount(w_TE.argmax(-1).cpu(), minlength=E)
+                if w_TE.numel()
+                else torch.zeros(E, dtype=torch.long)
+            )
+            load_E = torch.full((E,), G * C, dtype=torch.long)
+            return stats_from_counts(routed_E, load_E, 0.0, w_TE)
+
+        zero = y_GSD.new_zeros(()).float()
+        result = ZooResult(zero, zero, None, None, stats, {"combine_GSEC": combine_GSEC})
+        return y_GSD.reshape(x.shape), result
