@@ -202,7 +202,8 @@ def plot_traffic_matrix(count_WW: torch.Tensor, ax: Axes | None = None, title: s
         raise ValueError(f"count_WW must be square, got {tuple(count_WW.shape)}")
     counts = count_WW.detach().cpu().double().numpy()
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.6 + 0.75 * W, 1.2 + 0.7 * W), layout="constrained")
+        _, ax = plt.subplots(figsize=(max(4.4, 1.6 + 0.75 * W), max(3.4, 1.2 + 0.7 * W)),
+                             layout="constrained")  # fmt: skip
     image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(float(counts.max()), 1.0))
     for i in range(W):
         for j in range(W):
