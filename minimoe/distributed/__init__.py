@@ -18,8 +18,21 @@ The single-process planning functions (`minimoe.distributed.plan`) need no proce
     rank_E = expert_ranks(n_experts=8, world_size=2)      # tensor([0, 0, 0, 0, 1, 1, 1, 1])
     send_W = send_counts(expert_TK, rank_E, 2)            # split sizes of all_to_all_single
     order_N, inverse_N = order_by_rank(expert_TK.reshape(-1), rank_E)
+
+The layer and the processes (`ep`, `edp`, `launch`): `ExpertParallelMoE` is an `MoELayer` whose
+experts live on the ranks of a process group; `launch(fn, W)` starts W processes (gloo on a
+CPU, NCCL on GPUs) and returns what fn returned on each. `python -m minimoe ep` runs the
+checks and the timing (`cli`); `verify`, `deepspeed_parity`, `comm` and `train_lm` are what it
+runs on each rank.
 """
 
+from minimoe.distributed.edp import (
+    ParallelGroups,
+    expert_data_parallel_groups,
+    sync_gradients,
+)
+from minimoe.distributed.ep import AllToAll, ExpertParallelMoE, StepStats, all_to_all
+from minimoe.distributed.launch import RankFailed, launch
 from minimoe.distributed.plan import (
     a2a_bytes_model,
     best_placement_brute_force,
@@ -34,6 +47,15 @@ from minimoe.distributed.plan import (
 )
 
 __all__ = [
+    "AllToAll",
+    "ExpertParallelMoE",
+    "ParallelGroups",
+    "RankFailed",
+    "StepStats",
+    "all_to_all",
+    "expert_data_parallel_groups",
+    "launch",
+    "sync_gradients",
     "a2a_bytes_model",
     "best_placement_brute_force",
     "cross_rank_slots",

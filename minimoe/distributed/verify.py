@@ -44,6 +44,8 @@ class Case:
         ep_size: EP (None: W); EP < W is expert-data parallelism.
         aux_coef: weight of the aux loss in the loss (its gradient reaches the router).
         capacity_factor: for dispatch="capacity" (DeepSpeed's formula).
+        device: "cpu" (gloo), or "cuda" under a launch with device="cuda" (NCCL): the current
+            GPU of each rank.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Case:
     d_ff: int = 24
     activation: str = "swiglu"
     seed: int = 0
+    device: str = "cpu"
 
 
 CASES = (
@@ -104,6 +107,9 @@ def check_rank(rank: int, world_size: int, case: Case) -> dict[str, float]:
         with torch.no_grad():
             single.router.w_ED += torch.where(last_J, 10.0, -10.0)[:, None] * u_D
         x_TD = x_TD + 3.0 * u_D
+    if case.device != "cpu":
+        device = torch.device(case.device, torch.cuda.current_device())
+        single, x_TD, g_TD = single.to(device), x_TD.to(device), g_TD.to(device)
     ep = ExpertParallelMoE.from_layer(single, ep_group, dispatch=case.dispatch)
     start = [sum(T_W[:w]) for w in range(W)]
 
