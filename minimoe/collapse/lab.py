@@ -24,8 +24,10 @@ What each remedy does here (`python -m minimoe collapse-lab` prints the numbers)
 - too strong an aux loss makes every token's router distribution uniform: the load is even,
   but tokens no longer go to the expert that suits them, and the validation loss rises.
 
-Left out: expert-choice routing (balanced by construction, chapter 08) and the language-model
-version of the lab (`minimoe.lm`).
+Other routers (chapter 08's zoo: expert choice, Soft MoE, top-k warm-up, ...) plug in with
+`Setting(..., router=name)`; `python -m minimoe zoo` runs them all here without balancing.
+
+Left out: the language-model version of the lab (`minimoe.lm`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ The order, so that rerouting never drops more than the "position" policy at the 
    its room. A slot with no such expert left is dropped. A refused slot asks again in the next
    round (the expert that refused it is full by then), so at most E rounds.
 `minimoe.zoo.reference.reroute_loop` spells out the same order one slot at a time.
+
+The price in a decoder: under the "position" policy a token loses its slot only to earlier
+tokens, but a rerouted slot goes where later tokens left room, so an earlier token's experts
+depend on later tokens: not causal (`python -m minimoe zoo` measures the leak).
 """
 
 from __future__ import annotations
