@@ -2,9 +2,12 @@
 
     results = launch(fn, world_size=2, args=(...,))   # fn(rank, world_size, *args) in each process
 
-Each process joins the group through a TCP store on a free port of 127.0.0.1, with the gloo
-backend on a CPU and NCCL when `device="cuda"` (one GPU per rank), then runs `fn` and hands its
-return value back (through a file, so it may be any object `torch.save` accepts).
+The processes are forked from this one on Linux (they start at once, with everything imported,
+and `fn` may even be defined in a notebook), or spawned as fresh interpreters for CUDA (a forked
+child cannot use CUDA) and where fork does not exist. Each joins the group through a TCP store
+on a free port of 127.0.0.1, with the gloo backend on a CPU and NCCL when `device="cuda"` (one
+GPU per rank), then runs `fn` and hands its return value back (through a file, so it may be any
+object `torch.save` accepts).
 
 A failure in one rank ends all ranks (no hang): `torch.multiprocessing.start_processes` kills
 the others as soon as one exits with an error, and `launch` raises `RankFailed` carrying that
@@ -107,6 +110,7 @@ def launch(
     timeout_s: float = 60.0,
     wall_timeout_s: float = 300.0,
     threads: int = 1,
+    start_method: str | None = None,
 ) -> list[Any]:
     """Run fn(rank, world_size, *args) in `world_size` new processes; return their results.
 
@@ -118,6 +122,11 @@ def launch(
         timeout_s: the process group's timeout: a collective waiting longer fails.
         wall_timeout_s: kill every rank after this long.
         threads: torch CPU threads per process (1: W processes share the cores).
+        start_method: "fork" (the default on Linux for CPU runs: the processes inherit the
+            imported modules, so they start in a fraction of a second, and fn may be defined
+            in a notebook) or "spawn" (fresh interpreters that import everything again, seconds
+            each; the default for CUDA, which cannot be used in a forked child, and where fork
+            is not available).
 
     Returns:
         [fn's return value on rank 0, ..., on rank W-1].
@@ -131,13 +140,17 @@ def launch(
     timeout_s = check_real("timeout_s", timeout_s, low=0.0, low_open=True)
     wall_timeout_s = check_real("wall_timeout_s", wall_timeout_s, low=0.0, low_open=True)
     check_int("threads", threads, low=1)
+    if start_method is None:
+        cpu = torch.device(device).type == "cpu"
+        start_method = "fork" if cpu and "fork" in mp.get_all_start_methods() else "spawn"
+    check_choice("start_method", start_method, ("fork", "spawn", "forkserver"))
     with tempfile.TemporaryDirectory(prefix="minimoe-ep-") as out_dir:
         context = mp.start_processes(
             _entry,
             args=(W, free_port(), device, timeout_s, threads, out_dir, fn, args),
             nprocs=W,
             join=False,
-            start_method="spawn",
+            start_method=start_method,
         )
         deadline = time.monotonic() + wall_timeout_s
         try:

@@ -177,6 +177,16 @@ def fail_on_rank(rank: int, world_size: int, bad_rank: int) -> int:
     return rank
 
 
+def hang_on_rank(rank: int, world_size: int, bad_rank: int) -> int:
+    """`bad_rank` never joins the collective the others wait in (a test of the group timeout)."""
+    if rank == bad_rank:
+        import time
+
+        time.sleep(3600)
+    dist.all_reduce(torch.ones(1))
+    return rank
+
+
 def check_cases(
     rank: int, world_size: int, cases: tuple[Case, ...] = CASES, refuse_n_experts: int = 0
 ) -> dict:

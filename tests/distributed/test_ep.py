@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from minimoe.distributed.launch import RankFailed, launch
-from minimoe.distributed.verify import CASES, Case, check_cases, fail_on_rank
+from minimoe.distributed.verify import CASES, Case, check_cases, fail_on_rank, hang_on_rank
 
 pytestmark = pytest.mark.slow
 
@@ -67,4 +67,17 @@ def test_a_failing_rank_ends_all_ranks() -> None:
     with pytest.raises(RankFailed, match="deliberate failure on rank 1") as info:
         launch(fail_on_rank, 2, (1,), timeout_s=120.0)
     assert info.value.rank == 1
+    assert time.perf_counter() - start < 100.0
+
+
+def test_a_hanging_rank_times_out() -> None:
+    """Rank 1 never joins the all-reduce: rank 0's collective fails at the group's timeout
+    (3 s here), and the launch ends every rank with rank 0's timeout error."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(RankFailed) as info:
+        launch(hang_on_rank, 2, (1,), timeout_s=3.0, wall_timeout_s=120.0)
+    assert info.value.rank == 0
+    assert "timed out" in str(info.value).lower() or "timeout" in str(info.value).lower()
     assert time.perf_counter() - start < 100.0
