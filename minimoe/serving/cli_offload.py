@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH", help="a `minimoe train --save` file")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    parser.add_argument(
+        "--mixtral",
+        action="store_true",
+        help="also project the cache policies to Mixtral 8x7B on a 24 GB GPU over PCIe 4.0",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -66,6 +71,33 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['hit_rate_measured']:.3f} | {r['hit_rate_simulated']:.3f} | {r['hits_match']} "
             f"| {r['loads']} | {r['bytes_moved'] / 1e6:.2f} | {r['tokens_per_s']:.1f} "
             f"| {r['same_text_as_resident']} |"
+        )
+    return "\n".join(lines)
+
+
+def format_projection(p: dict) -> str:
+    """The Mixtral-on-24-GB projection as Markdown, assumptions first."""
+    a = p["assumptions"]
+    lines = [
+        f"## {p['model']} on a {a['gpu_memory'] / 1e9:.0f} GB GPU, experts streamed over a "
+        f"{a['link_bandwidth'] / 1e9:.1f} GB/s link",
+        "",
+        f"Assumptions: bf16 weights; {p['resident_bytes'] / 1e9:.2f} GB of non-expert weights "
+        f"and a {a['context_len']}-position KV cache ({p['kv_bytes'] / 1e9:.2f} GB) resident, "
+        f"{a['overhead'] / 1e9:.0f} GB runtime overhead; {p['cache_experts']} of "
+        f"{p['total_experts']} experts ({p['expert_bytes'] / 1e6:.0f} MB each) fit; routing "
+        f"{a['routing']}; batch 1; copies not overlapped with compute; GPU memory "
+        f"{a['gpu_bandwidth'] / 1e9:.0f} GB/s.",
+        "",
+        "| policy | hit rate | experts loaded per token | transfer s/token | compute s/token "
+        "| tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in p["rows"]:
+        lines.append(
+            f"| {r['policy']} | {r['hit_rate']:.3f} | {r['loads_per_token']:.1f} "
+            f"| {r['transfer_s_per_token']:.3f} | {r['compute_s_per_token']:.3f} "
+            f"| {r['tokens_per_s']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -131,6 +163,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(table)
     print(f"total wall time {wall:.1f} s ({torch.get_num_threads()} thread(s))")
     agree = all(r["hits_match"] and r["same_text_as_resident"] for r in rows)
+    projection = None
+    if args.mixtral:
+        from minimoe.serving.projection import offload_projection
+
+        projection = offload_projection()
+        print(format_projection(projection))
     payload = {
         "command": "python -m minimoe offload"
         + (" --quick" if args.quick else "")
@@ -143,6 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "wall_s": wall,
         "machine": machine(),
         "rows": rows,
+        "mixtral_24gb_projection": projection,
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +199,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "cache makes disk reads cheap: read it as noise around the resident speed "
             f"({resident.tokens_per_s:.1f} bytes/s in this run).\n"
         )
+        if projection is not None:
+            text += "\n" + format_projection(projection) + "\n"
         Path(args.markdown).write_text(text)
         print(f"wrote {args.markdown}")
     if not agree:
