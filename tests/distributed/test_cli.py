@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from minimoe.__main__ import main
 from minimoe.distributed.cli import placement_report
 from minimoe.distributed.plan import a2a_bytes_model
 
 
 @pytest.mark.slow
-def test_ep_command_two_ranks(tmp_path) -> None:
+def test_ep_command_two_ranks(tmp_path, capsys) -> None:
+    """The command as `python -m minimoe ep` runs it (its entry point, in this process: the
+    ranks are forked from here)."""
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "minimoe", "ep", "--ranks", "2", "--json", str(out),
-           "--no-deepspeed", "--tokens", "64", "--steps", "2", "--lm-steps", "4"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "expert parallelism over 2 processes" in proc.stdout
+    argv = ["ep", "--ranks", "2", "--json", str(out), "--no-deepspeed", "--tokens", "64",
+            "--steps", "2", "--lm-steps", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert "expert parallelism over 2 processes" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["ranks"] == 2
     assert report["max_abs_diff_vs_single"] <= 1e-5
@@ -55,3 +55,10 @@ def test_placement_report_on_a_hand_trace() -> None:
     assert layer["cross_rank_slots_greedy"] == 0
     assert layer["greedy_rank_E"] == [0, 1, 0, 1]
     assert torch.tensor(layer["greedy_rank_E"]).bincount().tolist() == [2, 2]
+
+
+def test_ep_command_refuses_bad_arguments(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["ep", "--ranks", "0"])
+    assert info.value.code == 2
+    assert "--ranks must be >= 1, got 0" in capsys.readouterr().err
