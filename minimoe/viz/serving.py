@@ -111,33 +111,36 @@ class RooflineExplorer(Explorer):
             "context": widgets.SelectionSlider(options=CONTEXTS, value=context_len,
                                                description="context length", **layout),
         }  # fmt: skip
-        roofline = go.FigureWidget(
-            data=[
-                go.Scatter(name="MoE", mode="lines+markers", line={"color": expert_colour(0)}),
-                go.Scatter(name="dense, same active params", mode="lines",
-                           line={"color": "#555555", "dash": "dash"}),
-                go.Scatter(name="GPU ridge (compute-bound above)", mode="lines",
-                           line={"color": MISS_COLOUR, "dash": "dot"}),
-                go.Scatter(name="chosen batch", mode="markers", showlegend=False,
-                           marker={"size": 14, "color": expert_colour(0), "symbol": "circle-open",
-                                   "line": {"width": 3}}),
-            ],
-            layout=dict(template="plotly_white", height=340, width=620,
-                        margin={"l": 70, "r": 20, "t": 50, "b": 50},
-                        xaxis={"type": "log", "title": "batch size B (sequences)", "tickvals": [1, 4, 16, 64, 256, 1024, 4096]},
-                        yaxis={"type": "log", "title": "FLOPs per byte read"},
-                        legend={"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.8)",
-                                "font": {"size": 11}},
-                        modebar_orientation="v"),
+        # figures are built empty and filled with add_* (traces passed to the FigureWidget
+        # constructor were not drawn in JupyterLab with plotly 7's widget)
+        roofline = go.FigureWidget()
+        roofline.add_scatter(name="MoE", mode="lines+markers", line={"color": expert_colour(0)})
+        roofline.add_scatter(name="dense, same active params", mode="lines",
+                             line={"color": "#555555", "dash": "dash"})  # fmt: skip
+        roofline.add_scatter(name="GPU ridge (compute-bound above)", mode="lines",
+                             line={"color": MISS_COLOUR, "dash": "dot"})  # fmt: skip
+        roofline.add_scatter(name="chosen batch", mode="markers", showlegend=False,
+                             marker={"size": 14, "color": expert_colour(0),
+                                     "symbol": "circle-open", "line": {"width": 3}})  # fmt: skip
+        roofline.update_layout(
+            template="plotly_white", height=340, width=620,
+            margin={"l": 70, "r": 20, "t": 50, "b": 50},
+            xaxis={"type": "log", "title": "batch size B (sequences)",
+                   "tickvals": [1, 4, 16, 64, 256, 1024, 4096]},
+            yaxis={"type": "log", "title": "FLOPs per byte read"},
+            legend={"x": 0.99, "xanchor": "right", "y": 0.02, "yanchor": "bottom",
+                    "bgcolor": "rgba(255,255,255,0.8)", "font": {"size": 11}},
+            modebar_orientation="v",
         )  # fmt: skip
-        bars = go.FigureWidget(
-            data=[go.Bar(name=label, x=[0.0], y=["step"], orientation="h", marker_color=colour,
-                         hovertemplate=label + ": %{x:.3g} GB<extra></extra>")
-                  for _, label, colour in PARTS],
-            layout=dict(template="plotly_white", barmode="stack", height=200, width=620,
-                        margin={"l": 50, "r": 20, "t": 40, "b": 40}, xaxis_title="GB read per step",
-                        legend={"orientation": "h", "y": -0.5, "font": {"size": 11}},
-                        modebar_orientation="v"),
+        bars = go.FigureWidget()
+        for _, label, colour in PARTS:
+            bars.add_bar(name=label, x=[0.0], y=["step"], orientation="h", marker_color=colour,
+                         hovertemplate=label + ": %{x:.3g} GB<extra></extra>")  # fmt: skip
+        bars.update_layout(
+            template="plotly_white", barmode="stack", height=200, width=620,
+            margin={"l": 50, "r": 20, "t": 40, "b": 40}, xaxis_title="GB read per step",
+            legend={"orientation": "h", "y": -0.5, "font": {"size": 11}},
+            modebar_orientation="v",
         )  # fmt: skip
         self.summary = widgets.HTML()
         help_text = note(
@@ -266,35 +269,37 @@ class CacheExplorer(Explorer):
         shown = min(len(trace), max_tokens)
         colours = [[0.0, MISS_COLOUR], [0.5, _mix(MISS_COLOUR, HIT_COLOUR, 0.5)],
                    [1.0, HIT_COLOUR]]  # fmt: skip
-        heat = go.FigureWidget(
-            data=[go.Heatmap(z=[[0.0] * shown] * L, x=list(range(shown)), y=list(range(L)),
-                             zmin=0, zmax=1, colorscale=colours, xgap=1, ygap=2,
-                             colorbar={"title": {"text": "hits / K", "side": "right"},
-                                       "tickvals": [0, 0.5, 1],
-                                       "ticktext": ["all miss", "half hit", "all hit"],
-                                       "len": 0.9, "thickness": 14},
-                             hovertemplate="token %{x}, layer %{y}: %{z:.0%} of K hit<extra></extra>")],
-            layout=dict(template="plotly_white", height=190 + 28 * L, width=760,
-                        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-                        xaxis_title="token (in generation order)",
-                        yaxis={"title": "MoE layer", "dtick": 1, "autorange": "reversed"},
-                        modebar_orientation="v"),
+        heat = go.FigureWidget()  # built empty, then filled (see RooflineExplorer)
+        heat.add_heatmap(z=[[0.0] * shown] * L, x=list(range(shown)), y=list(range(L)),
+                         zmin=0, zmax=1, colorscale=colours, xgap=1, ygap=2,
+                         colorbar={"title": {"text": "hits / K", "side": "right"},
+                                   "tickvals": [0, 0.5, 1],
+                                   "ticktext": ["all miss", "half hit", "all hit"],
+                                   "len": 0.9, "thickness": 14},
+                         hovertemplate="token %{x}, layer %{y}: %{z:.0%} of K hit<extra></extra>")  # fmt: skip
+        heat.update_layout(
+            template="plotly_white", height=190 + 28 * L, width=760,
+            margin={"l": 60, "r": 20, "t": 50, "b": 50},
+            xaxis_title="token (in generation order)",
+            yaxis={"title": "MoE layer", "dtick": 1, "autorange": "reversed"},
+            modebar_orientation="v",
         )  # fmt: skip
-        curve = go.FigureWidget(
-            data=[go.Scatter(x=self.sizes, y=self.curves[p], mode="lines", name=POLICY_LABELS[p],
-                             line={"color": POLICY_COLOURS[p],
-                                   "dash": "dot" if p == "belady" else "solid"})
-                  for p in POLICIES]
-            + [go.Scatter(x=[0], y=[0], mode="markers", name="chosen", showlegend=False,
+        curve = go.FigureWidget()
+        for p in POLICIES:
+            curve.add_scatter(x=self.sizes, y=self.curves[p], mode="lines", name=POLICY_LABELS[p],
+                              line={"color": POLICY_COLOURS[p],
+                                    "dash": "dot" if p == "belady" else "solid"})  # fmt: skip
+        curve.add_scatter(x=[0], y=[0], mode="markers", name="chosen", showlegend=False,
                           marker={"size": 13, "symbol": "circle-open", "line": {"width": 3},
-                                  "color": "#000000"})],
-            layout=dict(template="plotly_white", height=300, width=760,
-                        margin={"l": 60, "r": 20, "t": 40, "b": 50},
-                        xaxis_title=f"cache size (experts, of L·E = {L * E})",
-                        yaxis={"title": "hit rate", "range": [0, 1.02], "tickformat": ".0%"},
-                        legend={"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.8)"},
-                        title="hit rate against cache size, every policy",
-                        modebar_orientation="v"),
+                                  "color": "#000000"})  # fmt: skip
+        curve.update_layout(
+            template="plotly_white", height=300, width=760,
+            margin={"l": 60, "r": 20, "t": 40, "b": 50},
+            xaxis_title=f"cache size (experts, of L·E = {L * E})",
+            yaxis={"title": "hit rate", "range": [0, 1.02], "tickformat": ".0%"},
+            legend={"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.8)"},
+            title="hit rate against cache size, every policy",
+            modebar_orientation="v",
         )  # fmt: skip
         self.summary = widgets.HTML()
         help_text = note(

@@ -33,6 +33,7 @@ def make_trace(T=40, L=2, E=8, K=2, seed=0):
     return trace
 
 
+@pytest.mark.slow  # builds four real models' transformers configurations (5 to 10 s)
 def test_roofline_follows_every_control():
     rx = roofline_explorer("Mixtral-8x7B", "H100 SXM", batch=1, context_len=512)
     shape = model_shape("Mixtral-8x7B")
