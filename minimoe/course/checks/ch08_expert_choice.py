@@ -1,4 +1,4 @@
-"""Checks for exercise 08.1, expert-choice routing (Zhou et al. 2022, arXiv 2202.09368, §3.1), and
+"""Checks for exercise 08.1, expert-choice routing (Zhou et al. 2022, arXiv 2202.09368), and
 08.6, the investigation that measures how many tokens expert choice leaves without an expert.
 
 08.1: the learner writes `expert_choice(probs_TE, capacity) -> (token_EC, gate_EC)`: each expert

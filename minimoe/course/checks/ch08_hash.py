@@ -1,5 +1,5 @@
 """Check for exercise 08.3: a hash router (Roller et al. 2021, "Hash Layers For Large Sparse
-Models", arXiv 2106.04426, §3: a fixed random hash of the token id picks the expert).
+Models", arXiv 2106.04426: a fixed random hash of the token id picks the expert).
 
 The learner writes two functions:
 
