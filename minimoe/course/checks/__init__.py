@@ -29,6 +29,14 @@ from minimoe.course.checks.ch05_dispatch import check_dispatch_combine, check_so
 from minimoe.course.checks.ch05_padded import check_padded_experts
 from minimoe.course.checks.ch07_specialise import check_specialisation
 from minimoe.course.checks.ch07_train import check_train_step
+from minimoe.course.checks.ch08_expert_choice import (
+    check_expert_choice,
+    check_smallest_capacity_factor,
+)
+from minimoe.course.checks.ch08_hash import check_hash_router
+from minimoe.course.checks.ch08_recurrent import check_recurrent_router_step
+from minimoe.course.checks.ch08_shared import check_shared_routed_forward
+from minimoe.course.checks.ch08_soft_moe import check_soft_moe_weights
 from minimoe.course.checks.ch09_ep import check_order_by_rank, check_placement, check_send_counts
 from minimoe.course.checks.ch10_cache import check_belady_hits, check_lru_hits
 from minimoe.course.checks.ch10_experts import check_expected_experts_touched
@@ -46,8 +54,10 @@ __all__ = [
     "check_drop_rate",
     "check_dropped_output",
     "check_expected_experts_touched",
+    "check_expert_choice",
     "check_ffn",
     "check_gate",
+    "check_hash_router",
     "check_k_major",
     "check_loop_moe",
     "check_lru_hits",
@@ -56,9 +66,13 @@ __all__ = [
     "check_order_by_rank",
     "check_padded_experts",
     "check_placement",
+    "check_recurrent_router_step",
     "check_router_gradient",
     "check_send_counts",
     "check_sequence_balance_loss",
+    "check_shared_routed_forward",
+    "check_smallest_capacity_factor",
+    "check_soft_moe_weights",
     "check_softmax_topk",
     "check_sort_by_expert",
     "check_specialisation",
