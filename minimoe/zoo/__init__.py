@@ -12,19 +12,46 @@ Functions (the routing and experts steps, float32 or float64, T = 0 allowed):
 Local shape letter: Z, the recurrent router's state size. C in expert choice is the tokens each
 expert takes; in Soft MoE the slots per expert (the rows an expert processes, as the glossary's C).
 
-The layers that plug these into `TinyLM` and the collapse lab live in `minimoe.zoo.layers`; the
-arena (`python -m minimoe zoo`) in `minimoe.zoo.arena` and `minimoe.zoo.cli`.
+Layers (each returns (y, ZooResult) like `minimoe.MoELayer`; `make_moe_layer(name, cfg)` builds
+any of `ROUTERS`, which is how `TinyLM` and the collapse lab get them): ExpertChoiceLayer,
+SoftMoELayer, HashLayer, FineGrainedLayer, ResidualMoELayer (with `pyramid_experts`),
+RecurrentRouterLayer, RerouteLayer (`reroute_slots`), TopKWarmupLayer (`warmup_k`). The arena,
+`python -m minimoe zoo`, is `minimoe.zoo.arena` and `minimoe.zoo.cli`.
 """
 
 from minimoe.zoo.causality import CausalityReport, measure_causality
-from minimoe.zoo.expert_choice import expert_choice, expert_choice_capacity, expert_choice_moe
-from minimoe.zoo.fine_grained import shared_routed_forward
-from minimoe.zoo.hash import hash_route, hash_table
-from minimoe.zoo.recurrent import recurrent_router_step
-from minimoe.zoo.soft_moe import soft_moe, soft_moe_weights
+from minimoe.zoo.expert_choice import (
+    ExpertChoiceLayer,
+    expert_choice,
+    expert_choice_capacity,
+    expert_choice_moe,
+)
+from minimoe.zoo.fine_grained import FineGrainedLayer, shared_routed_forward
+from minimoe.zoo.hash import HashLayer, hash_route, hash_table
+from minimoe.zoo.layers import ROUTERS, make_moe_layer
+from minimoe.zoo.recurrent import RecurrentRouterLayer, recurrent_router_step
+from minimoe.zoo.reroute import RerouteLayer, reroute_slots
+from minimoe.zoo.residual import ResidualMoELayer, pyramid_experts
+from minimoe.zoo.result import ZooResult
+from minimoe.zoo.soft_moe import SoftMoELayer, soft_moe, soft_moe_weights
+from minimoe.zoo.warmup import TopKWarmupLayer, warmup_k
 
 __all__ = [
+    "ROUTERS",
     "CausalityReport",
+    "ExpertChoiceLayer",
+    "FineGrainedLayer",
+    "HashLayer",
+    "RecurrentRouterLayer",
+    "RerouteLayer",
+    "ResidualMoELayer",
+    "SoftMoELayer",
+    "TopKWarmupLayer",
+    "ZooResult",
+    "make_moe_layer",
+    "pyramid_experts",
+    "reroute_slots",
+    "warmup_k",
     "expert_choice",
     "expert_choice_capacity",
     "expert_choice_moe",
