@@ -251,6 +251,7 @@ def decode_step(shape, batch, context_len, *, experts="expected", kv_seqs=None, 
     return nbytes, (nbytes / flops if invert else flops / nbytes)
 
 
+@pytest.mark.slow  # the first real_model_shape imports transformers (5 to 15 s)
 def test_decode_step_passes(capsys) -> None:
     check_decode_step(decode_step)
     check_decode_step(lambda s, b, c: [decode_step(s, b, c)[0], decode_step(s, b, c)[1]])
