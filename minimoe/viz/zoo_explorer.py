@@ -142,8 +142,8 @@ class ZooExplorer(Explorer):
                           line=dict(color=EXPERT_CHOICE_COLOUR, width=2, dash="dash"),
                           marker_size=5)  # fmt: skip
         curve.add_scatter(x=[], y=[], mode="markers", name="this setting", showlegend=False,
-                          marker=dict(size=12, color="rgba(0,0,0,0)", symbol="circle-open",
-                                      line=dict(width=2, color="black")))  # fmt: skip
+                          marker=dict(size=12, color="black", symbol="circle-open",
+                                      line=dict(width=2)))  # fmt: skip
         curve.update_layout(
             title="Tokens with no expert vs capacity factor", xaxis_title="capacity factor cf",
             yaxis_title="share of tokens", yaxis_range=[-0.02, 1], yaxis_tickformat=".0%",
