@@ -175,7 +175,7 @@ class RooflineExplorer(Explorer):
         fig = self.figures["roofline"]
         with fig.batch_update():
             fig.data[0].update(x=list(BATCHES), y=moe, name=f"{name} (MoE)")
-            fig.data[1].update(x=list(BATCHES), y=dense)
+            fig.data[1].update(x=list(BATCHES), y=dense, name="dense, same active params")
             fig.data[2].update(x=[BATCHES[0], BATCHES[-1]], y=[gpu.ridge, gpu.ridge],
                                name=f"{gpu.name} ridge: {gpu.ridge:.0f} FLOP/byte")  # fmt: skip
             fig.data[3].update(x=[B], y=[intensity])
@@ -278,9 +278,8 @@ class CacheExplorer(Explorer):
                                    "len": 0.9, "thickness": 14},
                          hovertemplate="token %{x}, layer %{y}: %{z:.0%} of K hit<extra></extra>")  # fmt: skip
         heat.update_layout(
-            template="plotly_white", height=190 + 28 * L, width=760,
+            template="plotly_white", height=190 + 28 * L, width=600,
             margin={"l": 60, "r": 20, "t": 50, "b": 50},
-            xaxis_title="token (in generation order)",
             yaxis={"title": "MoE layer", "dtick": 1, "autorange": "reversed"},
             modebar_orientation="v",
         )  # fmt: skip
@@ -293,7 +292,7 @@ class CacheExplorer(Explorer):
                           marker={"size": 13, "symbol": "circle-open", "line": {"width": 3},
                                   "color": "#000000"})  # fmt: skip
         curve.update_layout(
-            template="plotly_white", height=300, width=760,
+            template="plotly_white", height=300, width=600,
             margin={"l": 60, "r": 20, "t": 40, "b": 50},
             xaxis_title=f"cache size (experts, of L·E = {L * E})",
             yaxis={"title": "hit rate", "range": [0, 1.02], "tickformat": ".0%"},
@@ -326,10 +325,15 @@ class CacheExplorer(Explorer):
         with heat.batch_update():
             heat.data[0].z = shown.t().tolist()
             heat.layout.title = (
-                f"{POLICY_LABELS[policy]}, {size} experts cached: hit rate {self.hit_rate:.1%}"
-                + (f" (first {self.max_tokens} tokens shown)" if len(self.trace) > self.max_tokens
-                   else "")
-            )  # fmt: skip
+                f"{policy.upper() if policy != 'belady' else 'Belady'}, {size} experts cached: "
+                f"hit rate {self.hit_rate:.1%}"
+            )
+            shown_note = (
+                f"; first {self.max_tokens} of {len(self.trace)} shown"
+                if len(self.trace) > self.max_tokens
+                else ""
+            )
+            heat.layout.xaxis.title = f"token (in generation order{shown_note})"
         curve = self.figures["curve"]
         with curve.batch_update():
             curve.data[-1].update(x=[size], y=[self.hit_rate])

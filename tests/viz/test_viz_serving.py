@@ -119,7 +119,7 @@ def test_cache_explorer_follows_policy_and_size():
 def test_cache_explorer_shows_at_most_max_tokens_and_handles_an_empty_trace():
     cx = cache_explorer(make_trace(T=50), max_tokens=20)
     assert len(cx.figures["hits"].data[0].z[0]) == 20
-    assert "first 20 tokens" in cx.figures["hits"].layout.title.text
+    assert "first 20 of 50 shown" in cx.figures["hits"].layout.xaxis.title.text
     empty = cache_explorer(RoutingTrace(4, 1, 1), cache_size=2)
     assert empty.hit_rate == 0.0
 
