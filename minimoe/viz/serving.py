@@ -115,7 +115,8 @@ class RooflineExplorer(Explorer):
         # constructor were not drawn in JupyterLab with plotly 7's widget)
         roofline = go.FigureWidget()
         roofline.add_scatter(name="MoE", mode="lines+markers", line={"color": expert_colour(0)})
-        roofline.add_scatter(name="dense, same active params", mode="lines",
+        # named in _update: a name set here did not reach the legend in JupyterLab
+        roofline.add_scatter(mode="lines",
                              line={"color": "#555555", "dash": "dash"})  # fmt: skip
         roofline.add_scatter(name="GPU ridge (compute-bound above)", mode="lines",
                              line={"color": MISS_COLOUR, "dash": "dot"})  # fmt: skip
