@@ -28,12 +28,17 @@ from minimoe.params import PUBLISHED_CONFIGS
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    # Both explorers come up EMPTY in JupyterLab 4.6 with plotly 7.1 (the figure's data is [] and
-    # its layout plotly's default, even after Run All and after a slider moves), while chapter
-    # 02's routing explorer draws: the tests below fail on that, not on the maths. Remove this
-    # mark once the explorers draw in the browser.
-    pytest.mark.skip(reason="chapter 01's and 05's explorers draw no data in JupyterLab (open)"),
 ]
+
+# An explorer's figures sometimes come up EMPTY in JupyterLab 4.6 with plotly 7.1 (the figure's
+# data is [] and its layout plotly's default): the FigureWidget's first state updates, sent
+# right after its comm opens, can arrive before the page has built the widget's model, and are
+# lost. It happens most on a busy machine and for the first figures of a page; chapter 01's
+# explorer, the first figure of its lesson, met it even on a quiet one. Remove this mark once
+# the explorers re-send their state when a view appears.
+EMPTY_FIGURE_RACE = pytest.mark.skip(
+    reason="chapter 01's explorer can come up empty in JupyterLab (lost first state updates)"
+)
 
 # every plotly figure on the page, in page order: each trace's x and y, and the title
 READ_PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.data).map(p => ({
@@ -117,6 +122,7 @@ def _open_lesson(browser, lab, path: str, workspace: str):
     return page, errors, console
 
 
+@EMPTY_FIGURE_RACE
 def test_params_explorer_in_chapter_01(lab, browser):
     """K and E move the bars of chapter 01's explorer exactly as count_decoder_params says."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
