@@ -203,7 +203,7 @@ SHIPPED_SOLVED = ("02", "03", "04", "05", "06", "07", "08", "09", "10")
 
 def solved(chapter: str) -> str:
     """The student handing in the shipped solution of `chapter` (names hold no digits)."""
-    return "solved" + "abcdefghij"[int(chapter)]
+    return "solved" + "abcdefghijklmnop"[int(chapter)]
 
 
 @pytest.fixture(scope="module")
