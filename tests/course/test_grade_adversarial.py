@@ -209,7 +209,7 @@ def solved(chapter: str) -> str:
 @pytest.fixture(scope="module")
 def solutions_copy(tmp_path_factory):
     path = tmp_path_factory.mktemp("solutions")
-    for nb in (ROOT / "solutions").glob("0?_*.ipynb"):
+    for nb in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"):
         shutil.copy(nb, path / nb.name)
     return path
 
