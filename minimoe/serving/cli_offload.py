@@ -6,6 +6,11 @@ simulator predicts from the trace, the bytes it read from disk, its speed, and w
 is the resident model's. `--quick` is the small run (about a minute on a 2-core CPU, plus the
 quick model's training the first time); `--json PATH` writes the rows with the machine's
 description.
+
+`--mixtral` adds the projection to Mixtral 8x7B on a 24 GB GPU (`minimoe.serving.projection`):
+one table under independent routing, then tokens/s per policy against routing locality, for
+the sticky-routing p calibrated on the Mixtral paper's Table 5 (layers 0, 31 and 15), on this
+run's own trace of the tiny LM, and any `--repeats`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also project the cache policies to Mixtral 8x7B on a 24 GB GPU over PCIe 4.0",
     )
+    parser.add_argument(
+        "--repeats", nargs="+", type=float, default=[], metavar="P",
+        help="more sticky-routing p (in [0, 1]) for the Mixtral projection's locality table",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -102,6 +111,40 @@ def format_projection(p: dict) -> str:
     return "\n".join(lines)
 
 
+def format_locality(scenarios: list[tuple[str, dict]]) -> str:
+    """Tokens/s (and hit rate) per policy against routing locality, one row per projection."""
+    policies = [r["policy"] for r in scenarios[0][1]["rows"]]
+    lines = [
+        "| routing | p | repeat rate | "
+        + " | ".join(f"{name} tokens/s (hit rate)" for name in policies)
+        + " |",
+        "|---|---|---|" + "---|" * len(policies),
+    ]
+    for label, p in scenarios:
+        cells = " | ".join(f"{r['tokens_per_s']:.2f} ({r['hit_rate']:.3f})" for r in p["rows"])
+        lines.append(f"| {label} | {p['repeat']:.3f} | {p['repeat_rate']:.3f} | {cells} |")
+    return "\n".join(lines)
+
+
+def locality_projections(trace, extra: list[float]) -> list[tuple[str, dict]]:
+    """The Mixtral projection under independent routing and sticky routing calibrated on the
+    Mixtral paper's Table 5, on the tiny LM's `trace` (when its E and K allow a fit) and at the
+    `extra` p."""
+    from minimoe.serving.projection import mixtral_repeat, offload_projection
+    from minimoe.serving.simulate import fit_repeat, repeat_rate
+
+    scenarios = [("independent", offload_projection())]
+    sticky = [(f"Mixtral layer {n} (Table 5)", mixtral_repeat(n)) for n in (0, 31, 15)]
+    E, K = trace.n_experts, trace.top_k
+    if len(trace) >= 2 and 2 * K <= E:
+        rate = repeat_rate(trace)
+        sticky.append((f"tiny LM's trace (E={E}, K={K}, rate {rate:.3f})", fit_repeat(E, K, rate)))
+    sticky += [(f"p = {p:g}", p) for p in extra]
+    for label, p in sorted(sticky, key=lambda item: item[1]):
+        scenarios.append((label, offload_projection(routing="sticky", repeat=p)))
+    return scenarios
+
+
 def machine() -> dict:
     """A description of the machine, stored with the results."""
     return {
@@ -124,6 +167,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if not args.prompt:
         parser.error("--prompt must not be empty")
+    if any(not 0.0 <= p <= 1.0 for p in args.repeats):
+        parser.error(f"--repeats must be in [0, 1], got {args.repeats}")
+    if args.repeats and not args.mixtral:
+        parser.error("--repeats applies to the Mixtral projection: add --mixtral")
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         model, _, _ = load_checkpoint(args.checkpoint)
@@ -163,16 +210,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(table)
     print(f"total wall time {wall:.1f} s ({torch.get_num_threads()} thread(s))")
     agree = all(r["hits_match"] and r["same_text_as_resident"] for r in rows)
-    projection = None
+    projection, locality, locality_text = None, None, ""
     if args.mixtral:
-        from minimoe.serving.projection import offload_projection
-
-        projection = offload_projection()
-        print(format_projection(projection))
+        locality = locality_projections(resident.trace, args.repeats)
+        projection = locality[0][1]
+        locality_text = (
+            "\n\n### Routing locality: sticky routing, each token keeps each of its previous "
+            "token's experts with probability p\n\nrepeat rate: the share of consecutive tokens "
+            "sharing an expert in a layer, measured on the simulated trace (independent: 0.464 "
+            "expected; Mixtral's Table 5, arXiv 2401.04088v1: 0.45-0.50 at layer 0, 0.62-0.67 "
+            "at layer 15, 0.45-0.54 at layer 31). Same memory budget and links as above.\n\n"
+            + format_locality(locality)
+        )
+        print(format_projection(projection) + locality_text)
     payload = {
         "command": "python -m minimoe offload"
         + (" --quick" if args.quick else "")
-        + f" --length {length} --seed {args.seed} --temperature {args.temperature}",
+        + f" --length {length} --seed {args.seed} --temperature {args.temperature}"
+        + (" --mixtral" if args.mixtral else "")
+        + (" --repeats " + " ".join(f"{p:g}" for p in args.repeats) if args.repeats else ""),
         "model": source,
         "prompt": args.prompt,
         "resident_text": resident.text,
@@ -182,6 +238,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "machine": machine(),
         "rows": rows,
         "mixtral_24gb_projection": projection,
+        "mixtral_24gb_locality": None
+        if locality is None
+        else [{"label": label, **p} for label, p in locality],
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +259,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"({resident.tokens_per_s:.1f} bytes/s in this run).\n"
         )
         if projection is not None:
-            text += "\n" + format_projection(projection) + "\n"
+            text += "\n" + format_projection(projection) + locality_text + "\n"
         Path(args.markdown).write_text(text)
         print(f"wrote {args.markdown}")
     if not agree:

@@ -46,3 +46,48 @@ def test_offload_command(checkpoint, tmp_path, capsys):
         assert row["same_text_as_resident"] is True
         assert row["hit_rate_measured"] == row["hit_rate_simulated"]
     assert "| belady | 8 / 8 |" in md.read_text()
+
+
+def test_offload_mixtral_projection_with_locality(checkpoint, tmp_path, capsys):
+    from minimoe.lm.checkpoint import load_checkpoint
+    from minimoe.serving.generate import generate
+    from minimoe.serving.projection import mixtral_repeat
+    from minimoe.serving.simulate import fit_repeat, repeat_rate
+
+    out, md = tmp_path / "off.json", tmp_path / "off.md"
+    args = ["offload", "--checkpoint", str(checkpoint), "--length", "12", "--cache-sizes", "2",
+            "--policies", "lru", "--no-progress", "--mixtral", "--repeats", "0.5"]  # fmt: skip
+    assert main([*args, "--json", str(out), "--markdown", str(md)]) == 0
+    printed = capsys.readouterr().out
+    assert "| routing | p | repeat rate |" in printed
+    payload = json.loads(out.read_text())
+    assert payload["command"].endswith("--mixtral --repeats 0.5")
+    scenarios = payload["mixtral_24gb_locality"]
+    labels = [s["label"] for s in scenarios]
+    assert labels[0] == "independent" and scenarios[0] == {
+        "label": "independent",
+        **payload["mixtral_24gb_projection"],
+    }
+    assert {"Mixtral layer 0 (Table 5)", "Mixtral layer 15 (Table 5)", "p = 0.5"} <= set(labels)
+    by_label = {s["label"]: s for s in scenarios}
+    assert by_label["Mixtral layer 15 (Table 5)"]["repeat"] == pytest.approx(mixtral_repeat(15))
+    tiny = next(s for s in scenarios if s["label"].startswith("tiny LM's trace"))
+    # the tiny LM's p is fitted on the repeat rate of the trace this run generated (again here)
+    model, _, _ = load_checkpoint(checkpoint)
+    again = generate(model.eval(), payload["prompt"].encode(), 12, temperature=0.8, seed=0,
+                     prefill="token")  # fmt: skip
+    assert again.text == payload["resident_text"]
+    rate = repeat_rate(again.trace)
+    assert f"rate {rate:.3f})" in tiny["label"]
+    assert tiny["repeat"] == pytest.approx(fit_repeat(4, 2, rate))
+    repeats = [s["repeat"] for s in scenarios[1:]]
+    assert repeats == sorted(repeats)  # sticky rows by p
+    assert all(s["assumptions"]["routing_model"] == "sticky" for s in scenarios[1:])
+    belady = {s["label"]: next(r for r in s["rows"] if r["policy"] == "belady") for s in scenarios}
+    assert belady["p = 0.5"]["tokens_per_s"] > belady["independent"]["tokens_per_s"]
+    assert "### Routing locality" in md.read_text() and "| p = 0.5 | 0.500 |" in md.read_text()
+    for bad, why in ((["--mixtral", "--repeats", "1.5"], "must be in"),
+                     (["--repeats", "0.2"], "add --mixtral")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["offload", "--checkpoint", str(checkpoint), "--length", "4", *bad])
+        assert why in capsys.readouterr().err
