@@ -29,6 +29,10 @@ SUBCOMMANDS = {
     "ep": ("minimoe.distributed", "expert parallelism over processes: check it and time it"),
     "generate": ("minimoe.serving.cli_generate", "generate text with the tiny MoE LM (KV cache)"),
     "offload": ("minimoe.serving.cli_offload", "serve the tiny LM with offloaded, cached experts"),
+    "triangle": (
+        "minimoe.serving.cli_triangle",
+        "cost, accuracy, performance: the tiny LM's dense twins and MoE variants side by side",
+    ),
 }
 
 
