@@ -14,11 +14,15 @@ batch touches and the KV cache. Every number is `minimoe.serving.decode_step_bre
 `decode_step_flops`, `decode_step_time` and `compute_bound_batch`; this module only draws.
 
 `cache_explorer` replays the trace's expert requests (`minimoe.serving.flatten_trace`: token by
-token, layer by layer, k in the router's order) through `lru_hits`, `lfu_hits` or `belady_hits`
-for the chosen cache size, and shows the hit rate, the layer-by-token picture of hits and misses,
-and the hit rate of every policy against the cache size. Colours: a hit is the course's blue, a
-miss vermillion (Okabe-Ito, both told apart with colour-blind vision), a (token, layer) whose K
-requests split is their mix.
+token, layer by layer, k in the router's order) through `lru_hits`, `lfu_hits`, `belady_hits` or
+the activation-aware prefetcher (`minimoe.serving.simulate.simulate(trace, "prefetch", N)`, the
+cache the offloaded runtime runs) for the chosen cache size, and shows the hit rate, the
+layer-by-token picture of hits and misses, and every policy's hit rate and experts loaded per
+request against the cache size. Loads are shown beside hits because the prefetcher also loads
+experts nobody asked for: its hit rate can beat Belady's while it moves more bytes than LRU. A
+policy that loads only on a miss loads 1 - hit rate experts per request. Colours: a hit is the
+course's blue, a miss vermillion (Okabe-Ito, both told apart with colour-blind vision), a
+(token, layer) whose K requests split is their mix.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from minimoe.serving import (
     lru_hits,
     real_model_shape,
 )
+from minimoe.serving.simulate import simulate
 from minimoe.viz._widgets import Explorer, _mix, column_layout, control_layout, expert_colour, note
 
 BATCHES = tuple(2**i for i in range(13))  # 1 .. 4096 sequences
@@ -58,9 +63,21 @@ PARTS = (  # (key of decode_step_breakdown, label, colour)
     ("experts", "routed experts touched", expert_colour(0)),
     ("kv", "KV cache", expert_colour(1)),
 )
-POLICIES = {"lru": lru_hits, "lfu": lfu_hits, "belady": belady_hits}
-POLICY_LABELS = {"lru": "LRU", "lfu": "LFU", "belady": "Belady (optimal, knows the future)"}
-POLICY_COLOURS = {"lru": expert_colour(0), "lfu": expert_colour(2), "belady": "#000000"}
+POLICIES = ("lru", "lfu", "prefetch", "belady")
+HIT_FUNCTIONS = {"lru": lru_hits, "lfu": lfu_hits, "belady": belady_hits}  # load only on a miss
+POLICY_LABELS = {
+    "lru": "LRU",
+    "lfu": "LFU",
+    "prefetch": "prefetch (LRU + next layer's likely experts)",
+    "belady": "Belady (optimal, knows the future)",
+}
+POLICY_TITLES = {"lru": "LRU", "lfu": "LFU", "prefetch": "Prefetch", "belady": "Belady"}
+POLICY_COLOURS = {
+    "lru": expert_colour(0),
+    "lfu": expert_colour(2),
+    "prefetch": expert_colour(3),
+    "belady": "#000000",
+}
 
 
 @functools.cache
@@ -227,18 +244,40 @@ def roofline_explorer(
 # --- the expert cache ------------------------------------------------------------------------------
 
 
-def hits_TLK(trace: RoutingTrace, policy: str, cache_size: int) -> torch.Tensor:
-    """Each request's hit (bool) for a policy and cache size, as (T, L, K) like the trace."""
+def replay(trace: RoutingTrace, policy: str, cache_size: int, keys=None) -> tuple[list[bool], int]:
+    """(hits, loads) of one replay: one bool per request in the runtime's order, and the experts
+    loaded (the misses, plus the prefetcher's prefetches)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
-    hits = POLICIES[policy](flatten_trace(trace), cache_size)
+    if policy == "prefetch":
+        sim = simulate(trace, policy, cache_size)
+        return sim.hits, sim.loads
+    hits = HIT_FUNCTIONS[policy](flatten_trace(trace) if keys is None else keys, cache_size)
+    return hits, len(hits) - sum(hits)
+
+
+def hits_TLK(trace: RoutingTrace, policy: str, cache_size: int) -> torch.Tensor:
+    """Each request's hit (bool) for a policy and cache size, as (T, L, K) like the trace."""
+    hits, _ = replay(trace, policy, cache_size)
     return torch.tensor(hits, dtype=torch.bool).view(len(trace), trace.n_layers, trace.top_k)
 
 
 def hit_rate_curve(trace: RoutingTrace, policy: str, sizes) -> list[float]:
     """The hit rate of a policy at each cache size (0.0 for an empty trace)."""
+    return policy_curves(trace, policy, sizes)[0]
+
+
+def policy_curves(trace: RoutingTrace, policy: str, sizes) -> tuple[list[float], list[float]]:
+    """(hit rate, experts loaded per request) of a policy at each cache size (0.0 for an empty
+    trace)."""
     keys = flatten_trace(trace)
-    return [sum(POLICIES[policy](keys, n)) / max(len(keys), 1) for n in sizes]
+    n = max(len(keys), 1)
+    rates, loads = [], []
+    for size in sizes:
+        hits, loaded = replay(trace, policy, size, keys)
+        rates.append(sum(hits) / n)
+        loads.append(loaded / n)
+    return rates, loads
 
 
 class CacheExplorer(Explorer):
@@ -246,10 +285,13 @@ class CacheExplorer(Explorer):
 
     Attributes:
         controls: "policy" (Dropdown), "cache_size" (IntSlider, 0 .. L*E experts).
-        figures: "hits" (layer x token: the share of each (token, layer)'s K requests that hit)
-            and "curve" (hit rate against cache size, every policy, the chosen point marked).
+        figures: "hits" (layer x token: the share of each (token, layer)'s K requests that hit),
+            "curve" (hit rate against cache size, every policy, the chosen point marked) and
+            "loads" (experts loaded per request against cache size, the same way).
         hits_TLK: the chosen policy's hits, (T, L, K) bool.
         hit_rate: their mean.
+        loads: experts the chosen policy loaded (misses plus prefetches).
+        mb_moved: loads * expert_mb.
     """
 
     def __init__(self, trace: RoutingTrace, policy: str, cache_size: int, expert_mb: float,
@@ -258,7 +300,9 @@ class CacheExplorer(Explorer):
         self.expert_mb = expert_mb
         L, E, K = trace.n_layers, trace.n_experts, trace.top_k
         self.sizes = list(range(L * E + 1))
-        self.curves = {p: hit_rate_curve(trace, p, self.sizes) for p in POLICIES}
+        both = {p: policy_curves(trace, p, self.sizes) for p in POLICIES}
+        self.curves = {p: rates for p, (rates, _) in both.items()}
+        self.load_curves = {p: loads for p, (_, loads) in both.items()}
         self.max_tokens = max_tokens
         layout = control_layout("9em")
         controls = {
@@ -293,32 +337,57 @@ class CacheExplorer(Explorer):
                           marker={"size": 13, "symbol": "circle-open", "line": {"width": 3},
                                   "color": "#000000"})  # fmt: skip
         curve.update_layout(
-            template="plotly_white", height=300, width=600,
+            template="plotly_white", height=280, width=600,
             margin={"l": 60, "r": 20, "t": 40, "b": 50},
             xaxis_title=f"cache size (experts, of L·E = {L * E})",
             yaxis={"title": "hit rate", "range": [0, 1.02], "tickformat": ".0%"},
-            legend={"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.8)"},
+            legend={"x": 0.99, "xanchor": "right", "y": 0.02, "yanchor": "bottom",
+                    "bgcolor": "rgba(255,255,255,0.8)", "font": {"size": 11}},
             title="hit rate against cache size, every policy",
+            modebar_orientation="v",
+        )  # fmt: skip
+        loads = go.FigureWidget()
+        for p in POLICIES:
+            loads.add_scatter(x=self.sizes, y=self.load_curves[p], mode="lines",
+                              name=POLICY_LABELS[p], showlegend=False,
+                              line={"color": POLICY_COLOURS[p],
+                                    "dash": "dot" if p == "belady" else "solid"},
+                              hovertemplate=f"{POLICY_TITLES[p]}, %{{x}} cached: %{{y:.2f}} "
+                                            "loads per request<extra></extra>")  # fmt: skip
+        loads.add_scatter(x=[0], y=[0], mode="markers", name="chosen", showlegend=False,
+                          marker={"size": 13, "symbol": "circle-open", "line": {"width": 3},
+                                  "color": "#000000"})  # fmt: skip
+        top = max(max(v) for v in self.load_curves.values()) if self.load_curves else 1.0
+        loads.update_layout(
+            template="plotly_white", height=240, width=600,
+            margin={"l": 60, "r": 20, "t": 40, "b": 50},
+            xaxis_title=f"cache size (experts, of L·E = {L * E})",
+            yaxis={"title": "loads / request", "range": [0, max(1.0, top) * 1.05]},
+            title="experts loaded per request (misses + prefetches): the bytes moved",
             modebar_orientation="v",
         )  # fmt: skip
         self.summary = widgets.HTML()
         help_text = note(
             f"The trace: {len(trace)} tokens × {L} MoE layers × K = {K} requests, keys "
             "layer·E + expert in the runtime's order. Hits from minimoe.serving.lru_hits, "
-            "lfu_hits, belady_hits."
+            "lfu_hits, belady_hits and the prefetcher of minimoe.serving.simulate, which also "
+            "loads experts nobody asked for: compare loads, not only hit rates."
         )
         left = widgets.VBox([help_text, *controls.values(), self.summary], layout=column_layout())
         super().__init__(
-            [widgets.HBox([left, widgets.VBox([heat, curve])])],
+            [widgets.HBox([left, widgets.VBox([heat, curve, loads])])],
             controls=controls,
-            figures={"hits": heat, "curve": curve},
+            figures={"hits": heat, "curve": curve, "loads": loads},
         )
         self._watch(self._update)
         self._timed("policy", self._update)
 
     def _update(self) -> None:
         policy, size = self.controls["policy"].value, self.controls["cache_size"].value
-        hits = self.hits_TLK = hits_TLK(self.trace, policy, size)
+        hit_list, self.loads = replay(self.trace, policy, size)
+        hits = self.hits_TLK = torch.tensor(hit_list, dtype=torch.bool).view(
+            len(self.trace), self.trace.n_layers, self.trace.top_k
+        )
         n = hits.numel()
         self.hit_rate = float(hits.float().mean()) if n else 0.0
         shown = hits[: self.max_tokens].float().mean(-1)  # (T, L): share of K that hit
@@ -326,8 +395,7 @@ class CacheExplorer(Explorer):
         with heat.batch_update():
             heat.data[0].z = shown.t().tolist()
             heat.layout.title = (
-                f"{policy.upper() if policy != 'belady' else 'Belady'}, {size} experts cached: "
-                f"hit rate {self.hit_rate:.1%}"
+                f"{POLICY_TITLES[policy]}, {size} experts cached: hit rate {self.hit_rate:.1%}"
             )
             shown_note = (
                 f"; first {self.max_tokens} of {len(self.trace)} shown"
@@ -338,12 +406,19 @@ class CacheExplorer(Explorer):
         curve = self.figures["curve"]
         with curve.batch_update():
             curve.data[-1].update(x=[size], y=[self.hit_rate])
+        loads = self.figures["loads"]
+        with loads.batch_update():
+            loads.data[-1].update(x=[size], y=[self.loads / n if n else 0.0])
         misses = n - int(hits.sum())
-        moved = f", {misses * self.expert_mb:,.1f} MB loaded" if self.expert_mb else ""
+        prefetched = self.loads - misses
+        self.mb_moved = self.loads * self.expert_mb
+        moved = f", <b>{self.mb_moved:,.1f} MB</b> moved" if self.expert_mb else ""
+        split = f" ({misses} on a miss, {prefetched} prefetched)" if prefetched else ""
         self.summary.value = (
             "<div style='line-height:1.6;margin-top:6px'>"
             f"hit rate <b class='minimoe-hit-rate'>{self.hit_rate:.1%}</b><br>"
-            f"{n - misses} hits, {misses} misses of {n} requests{moved}</div>"
+            f"{n - misses} hits, {misses} misses of {n} requests<br>"
+            f"experts loaded <b class='minimoe-loads'>{self.loads}</b>{split}{moved}</div>"
         )
 
 
@@ -359,9 +434,9 @@ def cache_explorer(
 
     Args:
         trace: a `minimoe.serving.RoutingTrace` (recorded while generating).
-        policy: "lru", "lfu" or "belady".
+        policy: "lru", "lfu", "prefetch" or "belady".
         cache_size: experts cached at first (default: half of L·E).
-        expert_mb: megabytes per expert, to show the bytes a miss loads (0: not shown).
+        expert_mb: megabytes per expert, to show the bytes the loads move (0: not shown).
         max_tokens: tokens drawn in the hit/miss picture (the hit rate counts them all).
     """
     if not isinstance(trace, RoutingTrace):

@@ -14,8 +14,14 @@ from minimoe.serving import (
     flatten_trace,
     lru_hits,
 )
+from minimoe.serving.simulate import simulate
 from minimoe.viz.serving import (
     BATCHES,
+    HIT_COLOUR,
+    MISS_COLOUR,
+    POLICIES,
+    POLICY_COLOURS,
+    POLICY_LABELS,
     cache_explorer,
     dense_equivalent,
     hit_rate_curve,
@@ -112,8 +118,43 @@ def test_cache_explorer_follows_policy_and_size():
     assert cx.hit_rate == pytest.approx(best) and best >= rate
     misses = len(keys) - sum(belady_hits(keys, 10))
     assert f"{misses} misses" in cx.summary.value and f"{misses * 2.0:,.1f} MB" in cx.summary.value
-    for p, line in zip(("lru", "lfu", "belady"), cx.figures["curve"].data):
+    assert [line.name for line in cx.figures["curve"].data[:-1]] == [
+        POLICY_LABELS[p] for p in POLICIES
+    ]
+    for p, line in zip(POLICIES, cx.figures["curve"].data):
         assert list(line.y) == pytest.approx(hit_rate_curve(trace, p, range(17)))
+    # a policy that loads only on a miss loads 1 - hit rate experts per request
+    for p, line in zip(("lru", "lfu"), cx.figures["loads"].data):
+        assert list(line.y) == pytest.approx([1 - r for r in hit_rate_curve(trace, p, range(17))])
+
+
+def test_cache_explorer_prefetch_shows_the_simulators_hits_and_loads():
+    trace = make_trace(T=60)
+    keys = flatten_trace(trace)
+    n = len(keys)
+    cx = cache_explorer(trace, "lru", 4, expert_mb=0.5)
+    cx.controls["policy"].value = "prefetch"
+    sim = simulate(trace, "prefetch", 4)
+    assert cx.hits_TLK.reshape(-1).tolist() == sim.hits
+    assert cx.hit_rate == pytest.approx(sim.hit_rate) and cx.loads == sim.loads
+    # the prefetcher loads experts nobody asked for: more loads than misses, and than LRU's
+    assert sim.loads > sim.misses and sim.loads > n - sum(lru_hits(keys, 4))
+    assert f"<b class='minimoe-loads'>{sim.loads}</b>" in cx.summary.value
+    assert f"({sim.misses} on a miss, {sim.loads - sim.misses} prefetched)" in cx.summary.value
+    assert cx.mb_moved == pytest.approx(sim.loads * 0.5)
+    assert f"{sim.loads * 0.5:,.1f} MB</b> moved" in cx.summary.value
+    assert list(cx.figures["loads"].data[-1].y) == [pytest.approx(sim.loads / n)]
+    assert list(cx.figures["curve"].data[-1].y) == [pytest.approx(sim.hit_rate)]
+    assert "Prefetch, 4 experts cached" in cx.figures["hits"].layout.title.text
+    prefetch_line = cx.figures["loads"].data[POLICIES.index("prefetch")]
+    assert list(prefetch_line.y) == pytest.approx(
+        [simulate(trace, "prefetch", size).loads / n for size in range(17)]
+    )
+    cx.controls["cache_size"].value = 0  # nothing cached: every request misses, none prefetched
+    assert cx.hit_rate == 0.0 and cx.loads == n and "prefetched" not in cx.summary.value
+    # the lesson's call is unchanged, and a start on prefetch works
+    assert cache_explorer(trace, "prefetch", 6).loads == simulate(trace, "prefetch", 6).loads
+    assert POLICY_COLOURS["prefetch"] not in (POLICY_COLOURS["lru"], MISS_COLOUR, HIT_COLOUR)
 
 
 def test_cache_explorer_shows_at_most_max_tokens_and_handles_an_empty_trace():
@@ -129,5 +170,7 @@ def test_cache_explorer_rejects_bad_input():
         cache_explorer([1, 2, 3])
     with pytest.raises(ValueError, match="policy must be one of"):
         cache_explorer(make_trace(), "fifo")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        hits_TLK(make_trace(), "mru", 3)
     with pytest.raises(ValueError, match="cache_size must be"):
         cache_explorer(make_trace(), cache_size=17)
