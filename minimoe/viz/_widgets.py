@@ -1,5 +1,6 @@
 """Shared pieces of every figure: the one expert palette, readable text colours, and the base of
-the interactive explorers (controls, figures, timed in-place updates).
+the interactive explorers (controls, figures, timed in-place updates), whose figures are
+`LiveFigure`s (plotly FigureWidgets whose updates reach the page however slowly it loads them).
 
 The palette is the same in every figure of the course, so expert 3 has one colour in a heatmap,
 a load bar and a coloured token. Its first seven colours are Okabe & Ito's colour-blind-safe set
@@ -12,13 +13,18 @@ marker shape and dropped slots by hatching or an outline.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
+import json
 import os
 import time
 from collections.abc import Callable
 
 import ipywidgets as widgets
+import plotly.graph_objects as go
 import torch
+import traitlets
 
 BASE_HUES = (
     "#0072B2",  # blue          (Okabe-Ito)
@@ -109,12 +115,127 @@ def text_colour(background: str) -> str:
     )
 
 
+# plotly's FigureWidget (plotly 7.1, plotly/basewidget.py) is an anywidget: its front end is one
+# ES module of ~5 MB (plotly.js inside), sent in the widget's `_esm` and imported by the page
+# once per figure. anywidget 0.11's front end (packages/anywidget/src/runtime.ts) gives a model
+# 2 s to import its module and run its `initialize`; past that the model's `ready` promise is
+# rejected, and every later update to it (its `_handle_comm_msg` awaits `ready`) is dropped
+# without a word. A FigureWidget's data always travels in such updates: its comm opens with
+# `_widget_data = []` and `_widget_layout = {}`, then its constructor assigns both, and every
+# change after is a `_py2js_*` message. On a busy machine the 5 MB import outlasts the 2 s, and
+# the figure stays empty (data [], plotly's default layout) and deaf to every control.
+#
+# A LiveFigure keeps plotly's front end and Python side unchanged, and only loads it otherwise:
+# its `_esm` is the small module below, which is ready at once; it imports plotly's bundle (sent
+# in `_plotly_esm`) in the background, once per page, holds the `_py2js_*` messages that arrive
+# meanwhile, and hands them, in order, to plotly's model as soon as plotly's code is there.
+# A view waits for that before it draws.
+_LOADER_ESM = """
+const MESSAGES = %(messages)s;  // plotly's Python -> JS messages: the `_py2js_*` traits
+const BUNDLES = Symbol.for("minimoe.plotly-widget-bundles");
+
+function plotlyBundle(model) {
+  // one import per page and plotly version, shared by every figure (a blob: URL is never cached)
+  const bundles = (globalThis[BUNDLES] ??= new Map());
+  const id = model.get("_plotly_esm_id");
+  if (!bundles.has(id)) {
+    const source = new Blob([model.get("_plotly_esm")], { type: "text/javascript" });
+    const url = URL.createObjectURL(source);
+    bundles.set(id, import(url).finally(() => URL.revokeObjectURL(url)));
+  }
+  return bundles.get(id);
+}
+
+export default () => {
+  let plotly;  // plotly's own {initialize, render} for this model, once its bundle is loaded
+  let loaded;
+  return {
+    initialize({ model }) {
+      const held = [];  // [name, value] of each message, in the order they arrived
+      const holders = MESSAGES.map((name) => {
+        const hold = () => {
+          const value = model.get(name);
+          if (value !== null) held.push([name, value]);
+        };
+        model.on(`change:${name}`, hold);
+        return [name, hold];
+      });
+      loaded = plotlyBundle(model).then((module) => {
+        for (const [name, hold] of holders) model.off(`change:${name}`, hold);
+        // plotly's model reads each message with model.get(name) when its change event fires:
+        // while one held message is handed over, get(name) returns it
+        const handing = new Map();
+        let listeners = new Map();  // event -> plotly's model's callbacks (until handed over)
+        const seen = {
+          ...model,
+          get: (name) => (handing.has(name) ? handing.get(name) : model.get(name)),
+          on: (event, callback) => {
+            model.on(event, callback);
+            listeners?.set(event, [...(listeners.get(event) ?? []), callback]);
+          },
+        };
+        plotly = typeof module.default === "function" ? module.default() : module.default;
+        plotly.initialize({ model: seen });
+        for (const [name, value] of held) {
+          handing.set(name, value);
+          try {
+            for (const callback of listeners.get(`change:${name}`) ?? []) callback();
+          } finally {
+            handing.delete(name);
+          }
+        }
+        listeners = null;
+      });
+    },
+    async render({ model, el }) {
+      await loaded;
+      return plotly.render({ model, el });
+    },
+  };
+};
+"""
+
+PLOTLY_MESSAGES = tuple(
+    sorted(name for name in go.FigureWidget.class_trait_names() if name.startswith("_py2js_"))
+)
+
+
+@functools.cache
+def _plotly_bundle() -> tuple[str, str]:
+    """plotly's FigureWidget front end (the ES module its `_esm` holds), and a short id of it."""
+    source = str(go.FigureWidget._esm)
+    return source, hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+class LiveFigure(go.FigureWidget):
+    """A plotly `go.FigureWidget` whose first updates are never lost on a slow page.
+
+    The same Python API and the same plotly front end as `go.FigureWidget`; only the way the page
+    loads that front end differs (see `_LOADER_ESM` above): the widget is ready at once, plotly's
+    bundle is imported once per page, and updates that arrive before it are replayed in order.
+    Every explorer's figures are LiveFigures.
+    """
+
+    _esm = _LOADER_ESM % {"messages": json.dumps(list(PLOTLY_MESSAGES))}
+    _plotly_esm = traitlets.Unicode().tag(sync=True)
+    _plotly_esm_id = traitlets.Unicode().tag(sync=True)
+
+    @traitlets.default("_plotly_esm")
+    def _default_plotly_esm(self) -> str:
+        return _plotly_bundle()[0]
+
+    @traitlets.default("_plotly_esm_id")
+    def _default_plotly_esm_id(self) -> str:
+        return _plotly_bundle()[1]
+
+
 class Explorer(widgets.VBox):
     """An interactive figure: a VBox with named controls and plotly figures, updated in place.
 
     Attributes:
         controls: name -> ipywidgets control; setting `.value` updates the figures at once.
-        figures: name -> plotly `go.FigureWidget`; created once, their traces updated in place.
+        figures: name -> `LiveFigure` (a plotly `go.FigureWidget`); created once, their traces
+            updated in place.
         last_update_ms: how long the last interaction's update took, in milliseconds.
         update_ms: every update's time, per control name (what `minimoe.bench.widgets` reads).
     """
@@ -193,7 +314,6 @@ def in_book_build() -> bool:
 def _figure_html(fig) -> str:
     """A plotly figure as a <div> and the script that draws it with the page's own plotly.js
     (the website serves plotly.min.js itself: no CDN, no MathJax from the network)."""
-    import plotly.graph_objects as go
     import plotly.io as pio
 
     return pio.to_html(
@@ -207,8 +327,6 @@ def static_snapshot(widget) -> str:
     text, and the note on how to run it live. What the website shows in place of an explorer."""
 
     def walk(w) -> str:
-        import plotly.graph_objects as go
-
         if isinstance(w, go.FigureWidget):
             return _figure_html(w)
         if isinstance(w, widgets.Box):

@@ -21,7 +21,6 @@ import html
 
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 import torch
 
 from minimoe.capacity import assign_slots, expert_capacity, renormalize_survivors
@@ -31,6 +30,7 @@ from minimoe.viz._widgets import (
     DROPPED_EDGE,
     EMPTY_COLOUR,
     Explorer,
+    LiveFigure,
     column_layout,
     control_layout,
     expert_colours,
@@ -91,7 +91,7 @@ class CapacityExplorer(Explorer):
         }  # fmt: skip
         self.summary = widgets.HTML()
         self.table = widgets.HTML()
-        queues = go.FigureWidget()
+        queues = LiveFigure()
         queues.add_heatmap(z=[[0.0]], showscale=False, xgap=1, ygap=1, hoverinfo="text",
                            hoverongaps=False)  # fmt: skip
         queues.add_scatter(x=[], y=[], mode="markers", name="dropped", hoverinfo="skip",
@@ -107,7 +107,7 @@ class CapacityExplorer(Explorer):
                                                    xanchor="right", yanchor="bottom"),
             margin=dict(l=60, r=20, t=60, b=50),
         )  # fmt: skip
-        curve = go.FigureWidget()
+        curve = LiveFigure()
         curve.add_scatter(x=[], y=[], mode="lines", name="slots dropped",
                           line=dict(color=expert_colours(1)[0], width=2))  # fmt: skip
         curve.add_scatter(x=[], y=[], mode="lines", name="tokens with no expert left",

@@ -37,6 +37,7 @@ from minimoe.distributed import (
 from minimoe.routing import route
 from minimoe.viz._widgets import (
     Explorer,
+    LiveFigure,
     column_layout,
     control_layout,
     expert_colour,
@@ -263,15 +264,15 @@ class TrafficExplorer(Explorer):
             "placement": widgets.Dropdown(options=["contiguous", "greedy"], value="contiguous",
                                           description="placement", **layout),
         }  # fmt: skip
-        heat = go.FigureWidget(go.Heatmap(z=[[0]], colorscale="Blues", texttemplate="%{z}",
-                                          hovertemplate="rank %{y} → rank %{x}: %{z} slots"
-                                          "<extra></extra>", colorbar=dict(title="slots")))  # fmt: skip
+        heat = LiveFigure(go.Heatmap(z=[[0]], colorscale="Blues", texttemplate="%{z}",
+                                     hovertemplate="rank %{y} → rank %{x}: %{z} slots"
+                                     "<extra></extra>", colorbar=dict(title="slots")))  # fmt: skip
         heat.update_layout(template="plotly_white", height=420, width=480,
                            xaxis_title="destination rank (holds the expert)",
                            yaxis_title="source rank (holds the token)",
                            yaxis=dict(autorange="reversed", dtick=1), xaxis=dict(dtick=1),
                            margin=dict(l=70, r=20, t=50, b=60))  # fmt: skip
-        recv = go.FigureWidget()
+        recv = LiveFigure()
         recv.add_bar(x=[], y=[], name="slots received", marker_color="#0072B2",
                      hovertemplate="rank %{x}: %{y} slots<extra></extra>")  # fmt: skip
         recv.add_scatter(x=[], y=[], mode="lines", name="mean", line=dict(color="#555555",

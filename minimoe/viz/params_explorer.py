@@ -20,7 +20,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from minimoe.params import PUBLISHED_CONFIGS, count_decoder_params
-from minimoe.viz._widgets import Explorer, control_layout, expert_colour, note
+from minimoe.viz._widgets import Explorer, LiveFigure, control_layout, expert_colour, note
 
 EXPERT_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 F_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)
@@ -85,7 +85,7 @@ class ParamsExplorer(Explorer):
                 for name, colour in (("experts", expert_colour(0)),
                                      ("shared: embeddings, attention, norms, routers",
                                       SHARED_COLOUR))]  # fmt: skip
-        fig = go.FigureWidget(
+        fig = LiveFigure(
             data=bars,
             layout=dict(barmode="stack", template="plotly_white", height=260,
                         margin={"l": 130, "r": 30, "t": 40, "b": 40},

@@ -22,14 +22,20 @@ import math
 
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 import torch
 
 from minimoe.config import GATINGS, NOISES
 from minimoe.metrics import routing_stats
 from minimoe.router import Router
 from minimoe.routing import route
-from minimoe.viz._widgets import Explorer, column_layout, control_layout, expert_colours, note
+from minimoe.viz._widgets import (
+    Explorer,
+    LiveFigure,
+    column_layout,
+    control_layout,
+    expert_colours,
+    note,
+)
 from minimoe.viz.batches import TOKEN_BATCHES, token_batch
 
 RANK_SYMBOLS = ("circle", "diamond", "square")  # 1st, 2nd, 3rd and later choices
@@ -97,7 +103,7 @@ class RoutingExplorer(Explorer):
         }  # fmt: skip
         self.info = widgets.HTML()
         self.noise_note = note("")
-        heat = go.FigureWidget()
+        heat = LiveFigure()
         heat.add_heatmap(z=[[0.0]], colorscale="Greys", zmin=0.0, colorbar=dict(
             title=dict(text="prob.", side="right"), thickness=12),
             hovertemplate="token %{x}<br>expert %{y}<br>p = %{z:.3f}<extra></extra>")  # fmt: skip
@@ -114,7 +120,7 @@ class RoutingExplorer(Explorer):
             xaxis_title="token", yaxis_title="expert", yaxis_dtick=1, template="plotly_white", modebar_orientation="v",
             width=940, margin=dict(l=60, r=20, t=60, b=45),
         )  # fmt: skip
-        load = go.FigureWidget()
+        load = LiveFigure()
         load.add_bar(x=[], y=[], name="routed slots",
                      marker=dict(line=dict(color="black", width=0.5)),
                      hovertemplate="expert %{x}: %{y} slots<extra></extra>")  # fmt: skip

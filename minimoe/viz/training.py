@@ -24,7 +24,7 @@ import torch
 
 from minimoe.collapse.lab import SETTINGS, STEPS, LabResult, get_setting, run_setting
 from minimoe.collapse.task import ClusterTask, TaskConfig, make_task
-from minimoe.viz._widgets import Explorer, control_layout, expert_colours, note
+from minimoe.viz._widgets import Explorer, LiveFigure, control_layout, expert_colours, note
 from minimoe.viz.static import load_shares
 
 
@@ -137,7 +137,7 @@ class CollapseExplorer(Explorer):
                                            disabled=True, **control_layout())  # fmt: skip
         E = self.task.cfg.n_clusters
         colours = expert_colours(E)
-        fig = go.FigureWidget(
+        fig = LiveFigure(
             data=[go.Scatter(x=[], y=[], mode="lines", stackgroup="load", name=f"expert {e}",
                              line={"width": 0.5, "color": colours[e]}, fillcolor=colours[e])
                   for e in range(E)],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from matplotlib.axes import Axes
 
@@ -28,6 +27,7 @@ from minimoe.viz._widgets import (
     DROPPED_COLOUR,
     DROPPED_EDGE,
     Explorer,
+    LiveFigure,
     column_layout,
     control_layout,
     expert_colour,
@@ -203,7 +203,7 @@ class PaddingExplorer(Explorer):
                                                  description="experts E", **layout),
             "top_k": widgets.IntSlider(top_k, min=1, max=8, description="top-k K", **layout),
         }  # fmt: skip
-        rows = go.FigureWidget()
+        rows = LiveFigure()
         for name, colour, pattern in (("useful rows", USEFUL_COLOUR, ""),
                                       ("padding rows (multiplied, thrown away)", PADDING_COLOUR, ""),
                                       ("dropped slots (never computed)", DROPPED_COLOUR, "/")):  # fmt: skip
@@ -215,7 +215,7 @@ class PaddingExplorer(Explorer):
                            xaxis_title="rows of the experts' matmuls (slots)",
                            yaxis=dict(autorange="reversed"), modebar_orientation="v",
                            legend=dict(orientation="h", y=-0.3, traceorder="normal"), margin=dict(l=100, r=20, t=50, b=40))  # fmt: skip
-        load = go.FigureWidget()
+        load = LiveFigure()
         load.add_bar(x=[], y=[], name="slots", marker=dict(line=dict(color="black", width=0.5)),
                      hovertemplate="expert %{x}: %{y} slots<extra></extra>")  # fmt: skip
         for name, colour, dash in (("capacity C (einsum)", "#B22222", "dash"),

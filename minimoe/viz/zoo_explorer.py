@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
@@ -35,6 +34,7 @@ from minimoe.routing import route
 from minimoe.viz._widgets import (
     DROPPED_COLOUR,
     Explorer,
+    LiveFigure,
     column_layout,
     control_layout,
     expert_colours,
@@ -98,7 +98,7 @@ class ZooExplorer(Explorer):
                                       style=s["style"], layout=s["layout"]),
         }  # fmt: skip
         self.summary = widgets.HTML()
-        grid = go.FigureWidget(
+        grid = LiveFigure(
             make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                           row_heights=[0.37, 0.37, 0.26],
                           subplot_titles=("token choice: each token picks K experts, each "
@@ -135,7 +135,7 @@ class ZooExplorer(Explorer):
         for row in (1, 2):  # the grid's background shows the (token, expert) pairs not taken
             grid.update_xaxes(showgrid=False, row=row, col=1)
         grid.layout.plot_bgcolor = "white"
-        curve = go.FigureWidget()
+        curve = LiveFigure()
         curve.add_scatter(x=[], y=[], mode="lines+markers", name="token choice",
                           line=dict(color=TOKEN_CHOICE_COLOUR, width=2), marker_size=5)  # fmt: skip
         curve.add_scatter(x=[], y=[], mode="lines+markers", name="expert choice",
