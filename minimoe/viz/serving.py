@@ -68,7 +68,7 @@ HIT_FUNCTIONS = {"lru": lru_hits, "lfu": lfu_hits, "belady": belady_hits}  # loa
 POLICY_LABELS = {
     "lru": "LRU",
     "lfu": "LFU",
-    "prefetch": "prefetch (LRU + next layer's likely experts)",
+    "prefetch": "prefetch (LRU + next layer)",
     "belady": "Belady (optimal, knows the future)",
 }
 POLICY_TITLES = {"lru": "LRU", "lfu": "LFU", "prefetch": "Prefetch", "belady": "Belady"}
