@@ -1,7 +1,7 @@
 """The cost-accuracy-performance triangle of chapter 10, drawn from `minimoe.serving.triangle`.
 
 Left, the triangle itself: one axis per corner (accuracy = validation loss, performance = decode
-bytes per second, cost = memory held), each model a triangle. Each axis is scaled within the set
+bytes per CPU-second, cost = memory held), each model a triangle. Each axis is scaled within the set
 of models compared: the best of them on that axis sits on the rim (1), the worst at
 `INNER` (0.2), linearly between; a model that had all three would fill the outer triangle. The
 scale is relative, so the right panel draws the same numbers in their units: loss against speed,
@@ -21,7 +21,7 @@ from minimoe.viz._widgets import expert_colours
 __all__ = ["INNER", "corner_scores", "plot_triangle"]
 
 INNER = 0.2  # where the worst model of the set sits on each axis
-CORNERS = ("accuracy\n(val loss)", "performance\n(decode bytes/s)", "cost\n(memory held)")
+CORNERS = ("accuracy\n(val loss)", "performance\n(decode bytes/CPU-s)", "cost\n(memory held)")
 MARKERS = {"dense": "s", "moe": "o", "offloaded": "D"}
 
 
@@ -104,7 +104,7 @@ def plot_triangle(rows: Sequence, *, title: str | None = None) -> Figure:
         ax.scatter(_get(row, "tokens_per_s"), _get(row, "val_loss"), s=a, color=colour,
                    marker=MARKERS.get(_get(row, "kind"), "o"), alpha=0.85, edgecolor="#222222",
                    label=f"{_get(row, 'name')}: {_get(row, 'memory_bytes') / 1e3:.0f} KB")  # fmt: skip
-    ax.set_xlabel("decode speed, new bytes per second (batch 1, this CPU) → better")
+    ax.set_xlabel("decode speed, new bytes per CPU-second (batch 1, this CPU) → better")
     ax.set_ylabel("validation loss, nats/byte (lower is better)")
     ax.set_title("the same numbers in their units (marker area ∝ memory held)", fontsize=10)
     ax.grid(alpha=0.3)

@@ -88,6 +88,7 @@ def test_measure_triangle_end_to_end():
     for r in rows:
         assert r.flops_per_token == 2 * r.active_params
         assert r.tokens_per_s >= r.tokens_per_s_median > 0
+        assert r.tokens_per_s_wall > 0
         assert r.memory_bytes == r.weight_bytes + r.kv_bytes
         assert 0.0 < r.val_loss < 10.0
     assert rows[0].active_params < rows[1].active_params  # twin < wide
