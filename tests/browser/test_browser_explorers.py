@@ -4,10 +4,11 @@ Each test opens the lesson, runs it all (Run All, as a learner does), moves the 
 sliders with the keyboard as soon as it is drawn, and checks that the figures change as the maths
 says:
 
-- parameters (chapter 01): the experts' total is E/K times their active share; one more expert
-  per token adds exactly one expert's worth to the active bar and nothing to the total; twice the
-  experts double the experts' total and leave the active bar alone; the shared part grows only by
-  the routers' new rows.
+- parameters (chapter 01): the figure shows the state the lesson's cells drove it to from Python
+  (OLMoE-1B-7B), and the dropdown brings back Mixtral-8x7B; the experts' total is E/K times their
+  active share; one more expert per token adds exactly one expert's worth to the active bar and
+  nothing to the total; twice the experts double the experts' total and leave the active bar
+  alone; the shared part grows only by the routers' new rows.
 - padding (chapter 05): the loop and the grouped matmul multiply exactly the T·K routed rows; the
   einsum multiplies E·C rows and keeps useful + dropped = T·K; the padded bmm pads to E times the
   busiest expert; more skew means more padding and more drops; a larger capacity factor, a
@@ -29,16 +30,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
 ]
-
-# An explorer's figures sometimes come up EMPTY in JupyterLab 4.6 with plotly 7.1 (the figure's
-# data is [] and its layout plotly's default): the FigureWidget's first state updates, sent
-# right after its comm opens, can arrive before the page has built the widget's model, and are
-# lost. It happens most on a busy machine and for the first figures of a page; chapter 01's
-# explorer, the first figure of its lesson, met it even on a quiet one. Remove this mark once
-# the explorers re-send their state when a view appears.
-EMPTY_FIGURE_RACE = pytest.mark.skip(
-    reason="chapter 01's explorer can come up empty in JupyterLab (lost first state updates)"
-)
 
 # every plotly figure on the page, in page order: each trace's x and y, and the title
 READ_PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.data).map(p => ({
@@ -83,6 +74,7 @@ def _press(page, label: str, key: str, times: int = 1) -> None:
 
 
 EXPLORER = "plots.find(p => p.title.includes('Mixtral-8x7B with E'))"  # chapter 01's
+PARAMS = "plots.find(p => p.title.includes(' of the weights run per token'))"  # any model's
 LOAD = "plots.find(p => p.title.includes('Slots per expert'))"  # chapter 05's load figure
 
 
@@ -122,17 +114,21 @@ def _open_lesson(browser, lab, path: str, workspace: str):
     return page, errors, console
 
 
-@EMPTY_FIGURE_RACE
 def test_params_explorer_in_chapter_01(lab, browser):
     """K and E move the bars of chapter 01's explorer exactly as count_decoder_params says."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page, errors, console = _open_lesson(browser, lab, "notebooks/01_dense_to_experts.ipynb",
                                          "params")  # fmt: skip
     _run_all(page)
-    _wait_for(page, f"{EXPLORER}.x[0][1] > 0", timeout=TIMEOUT_MS)
+    _wait_for(page, f"{PARAMS}.x[0][1] > 0", timeout=TIMEOUT_MS)
     _wait_until_all_run(page, TIMEOUT_MS)
     explorer = page.locator(".jp-CodeCell").filter(has=page.locator(".js-plotly-plot")).first
     explorer.scroll_into_view_if_needed()
+    # the lesson's next cell drives the explorer from Python and leaves it on OLMoE-1B-7B (E = 64,
+    # K = 8): the figure shows that state, then the learner picks Mixtral-8x7B in the dropdown
+    _wait_for(page, f"{PARAMS}.title.startsWith('OLMoE-1B-7B with E = 64, K = 8')")
+    explorer.locator(".widget-dropdown select").first.select_option("Mixtral-8x7B")
+    _wait_for(page, f"{EXPLORER}.title.includes('E = 8, K = 2')")
     before = _pick(page, "Mixtral-8x7B with E")
     (active, total), shared = before["x"][0], before["x"][1]
     assert "E = 8, K = 2" in before["title"], before["title"]
