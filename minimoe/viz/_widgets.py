@@ -213,7 +213,7 @@ class LiveFigure(go.FigureWidget):
     The same Python API and the same plotly front end as `go.FigureWidget`; only the way the page
     loads that front end differs (see `_LOADER_ESM` above): the widget is ready at once, plotly's
     bundle is imported once per page, and updates that arrive before it are replayed in order.
-    Every explorer's figures are LiveFigures.
+    An explorer builds its figures as `LiveFigure(...)` where it would call `go.FigureWidget(...)`.
     """
 
     _esm = _LOADER_ESM % {"messages": json.dumps(list(PLOTLY_MESSAGES))}
