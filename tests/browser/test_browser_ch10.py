@@ -43,6 +43,8 @@ LOADS = "() => (document.querySelector('.minimoe-loads') || {}).innerText || ''"
 def _trained_model_code() -> str:
     """Kernel code giving `cfg` and `model` as the lesson's training cell does, from the cache of
     `tiny_model` (filled here first: the kernel shares this process's environment)."""
+    import torch
+
     from minimoe.lm.model import LMConfig
     from minimoe.lm.train import TrainConfig
     from minimoe.serving.pretrained import tiny_model
@@ -57,7 +59,13 @@ def _trained_model_code() -> str:
     def kwargs(call: str) -> dict:  # the keyword arguments of a call of literals
         return {k.arg: ast.literal_eval(k.value) for k in ast.parse(call).body[0].value.keywords}
 
-    tiny_model(LMConfig(**kwargs(cfg_expr)), TrainConfig(**kwargs(train_expr)), progress=False)
+    # one thread, as the lesson trains: two threads on a busy 2-core machine were ~7x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny_model(LMConfig(**kwargs(cfg_expr)), TrainConfig(**kwargs(train_expr)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return (
         "from minimoe.serving.pretrained import tiny_model\n"
         f"cfg = {cfg_expr}\n"
