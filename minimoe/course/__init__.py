@@ -12,7 +12,9 @@
 - `minimoe.course.runner`: run a notebook cell by cell in a separate kernel, surviving timeouts,
   exceptions and kernel deaths.
 - `minimoe.course.grade`: grade submitted exercise notebooks against the canonical checks, with
-  `guard`, `sandbox` and `kernel_box` keeping each submission from changing another's grade.
+  `guard`, `sandbox` and `kernel_box` keeping each submission from changing another's grade;
+  `submission` reads what was handed in (any encoding, any nbformat, its chapter), `report`
+  writes the score table, JSON and CSV.
 
 The conventions (cell tags `answer` / `check`, metadata `minimoe.exercise`, `### BEGIN SOLUTION`
 regions) are described in `minimoe.course.notebooks`. The submodules are not imported here, so

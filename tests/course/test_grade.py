@@ -20,6 +20,7 @@ import minimoe
 from minimoe.__main__ import main
 from minimoe.course import grade as g
 from minimoe.course.notebooks import exercise_notebook, has_tag
+from minimoe.course.report import FIELDS
 from minimoe.course.runner import run_cells
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +209,7 @@ def test_table_json_and_csv_reports(classroom, tmp_path):
     with open(tmp_path / "r.csv", newline="") as f:
         as_csv = list(csv.DictReader(f))
     assert len(as_json) == len(as_csv) == len(rows) == 12
-    assert all(list(r) == list(g.FIELDS) for r in as_json) and list(as_csv[0]) == list(g.FIELDS)
+    assert all(list(r) == list(FIELDS) for r in as_json) and list(as_csv[0]) == list(FIELDS)
     bob = next(r for r in as_csv if r["student"] == "bob" and r["exercise"] == "98.2")
     assert (bob["passed"], bob["points"], bob["max_points"], bob["chapter"]) == (
         "False",
@@ -242,7 +243,7 @@ def test_cli_grades_one_notebook_and_writes_reports(tmp_path, capsys):
         ("zoe", "98.1", True, 2),
         ("zoe", "98.2", True, 1),
     ]
-    assert (tmp_path / "out.csv").read_text().startswith(",".join(g.FIELDS))
+    assert (tmp_path / "out.csv").read_text().startswith(",".join(FIELDS))
 
 
 def test_cli_usage_errors_exit_2(tmp_path):
