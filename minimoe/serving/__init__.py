@@ -21,7 +21,6 @@ from minimoe.serving.cache import (
 from minimoe.serving.roofline import (
     GPU,
     GPUS,
-    REAL_MODELS,
     MoEShape,
     arithmetic_intensity,
     compute_bound_batch,
@@ -30,6 +29,9 @@ from minimoe.serving.roofline import (
     decode_step_flops,
     decode_step_time,
     expected_experts_touched,
+)
+from minimoe.serving.shapes import (
+    REAL_MODELS,
     meta_param_count,
     real_model_config,
     real_model_shape,

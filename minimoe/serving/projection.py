@@ -30,7 +30,8 @@ time per token = misses per token x expert bytes / link bandwidth
 
 from __future__ import annotations
 
-from minimoe.serving.roofline import MoEShape, real_model_shape
+from minimoe.serving.roofline import MoEShape
+from minimoe.serving.shapes import real_model_shape
 from minimoe.serving.simulate import (
     LINKS,
     expected_repeat_rate,
