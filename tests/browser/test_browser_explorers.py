@@ -20,6 +20,7 @@ No widget may fail to display. Screenshots (1400 x 900) go to build/screenshots/
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from jlab import IDLE, SCREENSHOTS, TIMEOUT_MS, open_notebook
@@ -96,6 +97,21 @@ def _wait_for(page, condition: str, timeout: int = 60_000) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "explorers_timeout.png"), full_page=True)
         raise
+
+
+def _settled(page, timeout_s: float = 60.0) -> None:
+    """Wait until the figures stop changing. Ten key presses are ten updates, each its own
+    message to the kernel: the kernel reads idle between two of them, and one figure of an
+    explorer can already show the next update while another still shows the last."""
+    last, deadline = None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        page.locator(IDLE).first.wait_for(timeout=TIMEOUT_MS)
+        now = page.evaluate(READ_PLOTS)
+        if now == last:
+            return
+        last = now
+        page.wait_for_timeout(1000)
+    raise AssertionError(f"the figures were still changing after {timeout_s} s")
 
 
 def _no_widget_errors(page, errors: list[str], console: list[str]) -> None:
@@ -206,7 +222,7 @@ def test_padding_explorer_in_chapter_05(lab, browser):
 
     _press(page, "router skew s", "ArrowRight", times=10)  # skew 0.3 -> 1.3
     _wait_for(page, f"Math.max(...{LOAD}.y[0]) > {max(counts)}")
-    page.locator(IDLE).first.wait_for(timeout=TIMEOUT_MS)
+    _settled(page)
     skewed_rows, skewed_counts, skewed_C, _ = state()
     assert skewed_C == C  # the capacity depends on T, K, E and cf, not on the router
     _check_rows(skewed_rows, T=T, K=K, E=E, C=C, max_count=max(skewed_counts))
@@ -217,7 +233,7 @@ def test_padding_explorer_in_chapter_05(lab, browser):
     _press(page, "capacity factor cf", "ArrowRight")  # cf 1.25 -> 1.30
     new_C = math.ceil(T * K / E * 1.30)
     _wait_for(page, f"{LOAD}.y[1][0] === {new_C}")
-    page.locator(IDLE).first.wait_for(timeout=TIMEOUT_MS)
+    _settled(page)
     cf_rows, cf_counts, cf_C, cf_title = state()
     assert cf_C == new_C == 167 and f"C = {new_C}" in cf_title
     assert cf_counts == skewed_counts  # the same routing, a larger buffer
