@@ -32,7 +32,6 @@ import functools
 import html
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 import torch
 
 from minimoe.serving import (
@@ -52,7 +51,15 @@ from minimoe.serving import (
     real_model_shape,
 )
 from minimoe.serving.simulate import simulate
-from minimoe.viz._widgets import Explorer, _mix, column_layout, control_layout, expert_colour, note
+from minimoe.viz._widgets import (
+    Explorer,
+    LiveFigure,
+    _mix,
+    column_layout,
+    control_layout,
+    expert_colour,
+    note,
+)
 
 BATCHES = tuple(2**i for i in range(13))  # 1 .. 4096 sequences
 CONTEXTS = (0, 512, 2048, 8192, 32768)
@@ -128,9 +135,8 @@ class RooflineExplorer(Explorer):
             "context": widgets.SelectionSlider(options=CONTEXTS, value=context_len,
                                                description="context length", **layout),
         }  # fmt: skip
-        # figures are built empty and filled with add_* (traces passed to the FigureWidget
-        # constructor were not drawn in JupyterLab with plotly 7's widget)
-        roofline = go.FigureWidget()
+        # figures are built empty and filled with add_*; _update sets their data
+        roofline = LiveFigure()
         roofline.add_scatter(name="MoE", mode="lines+markers", line={"color": expert_colour(0)})
         # named in _update: a name set here did not reach the legend in JupyterLab
         roofline.add_scatter(mode="lines",
@@ -150,7 +156,7 @@ class RooflineExplorer(Explorer):
                     "bgcolor": "rgba(255,255,255,0.8)", "font": {"size": 11}},
             modebar_orientation="v",
         )  # fmt: skip
-        bars = go.FigureWidget()
+        bars = LiveFigure()
         for _, label, colour in PARTS:
             bars.add_bar(name=label, x=[0.0], y=["step"], orientation="h", marker_color=colour,
                          hovertemplate=label + ": %{x:.3g} GB<extra></extra>")  # fmt: skip
@@ -314,7 +320,7 @@ class CacheExplorer(Explorer):
         shown = min(len(trace), max_tokens)
         colours = [[0.0, MISS_COLOUR], [0.5, _mix(MISS_COLOUR, HIT_COLOUR, 0.5)],
                    [1.0, HIT_COLOUR]]  # fmt: skip
-        heat = go.FigureWidget()  # built empty, then filled (see RooflineExplorer)
+        heat = LiveFigure()  # built empty, then filled (see RooflineExplorer)
         heat.add_heatmap(z=[[0.0] * shown] * L, x=list(range(shown)), y=list(range(L)),
                          zmin=0, zmax=1, colorscale=colours, xgap=1, ygap=2,
                          colorbar={"title": {"text": "hits / K", "side": "right"},
@@ -328,7 +334,7 @@ class CacheExplorer(Explorer):
             yaxis={"title": "MoE layer", "dtick": 1, "autorange": "reversed"},
             modebar_orientation="v",
         )  # fmt: skip
-        curve = go.FigureWidget()
+        curve = LiveFigure()
         for p in POLICIES:
             curve.add_scatter(x=self.sizes, y=self.curves[p], mode="lines", name=POLICY_LABELS[p],
                               line={"color": POLICY_COLOURS[p],
@@ -346,7 +352,7 @@ class CacheExplorer(Explorer):
             title="hit rate against cache size, every policy",
             modebar_orientation="v",
         )  # fmt: skip
-        loads = go.FigureWidget()
+        loads = LiveFigure()
         for p in POLICIES:
             loads.add_scatter(x=self.sizes, y=self.load_curves[p], mode="lines",
                               name=POLICY_LABELS[p], showlegend=False,

@@ -13,9 +13,11 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
+import torch
 
 from minimoe.viz._widgets import PLOTLY_MESSAGES, LiveFigure, _plotly_bundle
 from minimoe.viz.capacity_explorer import capacity_explorer
@@ -57,6 +59,31 @@ def test_every_figure_of_an_explorer_is_a_live_figure(make):
     assert explorer.figures
     for name, fig in explorer.figures.items():
         assert isinstance(fig, LiveFigure), name
+
+
+def test_serving_explorers_figures_are_live_figures():
+    from minimoe.serving import RoutingTrace
+    from minimoe.viz.serving import cache_explorer, roofline_explorer
+
+    trace = RoutingTrace(4, 2, 2)
+    for _ in range(6):
+        trace.append(torch.tensor([[0, 1], [2, 3]]))
+    for explorer in (roofline_explorer(), cache_explorer(trace, "lru", 2, expert_mb=1.0)):
+        assert explorer.figures
+        for name, fig in explorer.figures.items():
+            assert isinstance(fig, LiveFigure), name
+
+
+def test_no_explorer_builds_a_plain_figure_widget():
+    viz = Path(__file__).resolve().parents[2] / "minimoe" / "viz"
+    plain = [
+        f"{path.name}:{i}"
+        for path in sorted(viz.glob("*.py"))
+        if path.name != "_widgets.py"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "FigureWidget(" in line and not line.lstrip().startswith("#")
+    ]
+    assert not plain, f"build figures as LiveFigure(...), not go.FigureWidget(...): {plain}"
 
 
 # Node runs the loader against a fake anywidget model (Backbone-style on/off/get) and a fake
