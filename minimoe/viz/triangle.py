@@ -66,7 +66,7 @@ def plot_triangle(rows: Sequence, *, title: str | None = None) -> Figure:
     """
     scores = corner_scores(rows)
     colours = expert_colours(len(rows))
-    fig = plt.figure(figsize=(13.0, 5.8), layout="constrained")
+    fig = plt.figure(figsize=(13.0, 6.6), layout="constrained")
     tri = fig.add_subplot(1, 2, 1)
     angle = np.pi / 2 + np.arange(3) * 2 * np.pi / 3  # accuracy at the top, then counter-clockwise
     unit = np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (3, 2): each corner's direction
@@ -86,16 +86,14 @@ def plot_triangle(rows: Sequence, *, title: str | None = None) -> Figure:
         tri.plot(shape[:, 0], shape[:, 1], style, color=colour, lw=2.2, label=_get(row, "name"))
         tri.fill(shape[:, 0], shape[:, 1], color=colour, alpha=0.07)
     for d, label, va in zip(unit, CORNERS, ("bottom", "top", "top"), strict=True):
-        tri.text(1.08 * d[0], 1.08 * d[1], label, ha="center", va=va, fontsize=10.5)
-    tri.text(0.0, -INNER / 2 - 0.03, "worst", ha="center", fontsize=8, color="#666666")
-    tri.text(0.0, -0.5 - 0.03, "best", ha="center", fontsize=8, color="#666666")
+        tri.text(1.08 * d[0], 1.08 * d[1], label, ha="center", va=va, fontsize=12)
     tri.set_aspect("equal")
     tri.set_xlim(-1.25, 1.25)
-    tri.set_ylim(-0.95, 1.25)
+    tri.set_ylim(-0.75, 1.32)
     tri.axis("off")
     tri.set_title("each corner: the best of the set at the outer triangle, the worst inside",
-                  fontsize=10)  # fmt: skip
-    tri.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8.5, ncol=2, frameon=False)
+                  fontsize=11)  # fmt: skip
+    tri.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=10, ncol=2, frameon=False)
 
     ax = fig.add_subplot(1, 2, 2)
     memory = np.array([_get(r, "memory_bytes") for r in rows], dtype=float)
@@ -106,10 +104,10 @@ def plot_triangle(rows: Sequence, *, title: str | None = None) -> Figure:
                    label=f"{_get(row, 'name')}: {_get(row, 'memory_bytes') / 1e3:.0f} KB")  # fmt: skip
     ax.set_xlabel("decode speed, new bytes per CPU-second (batch 1, this CPU) → better")
     ax.set_ylabel("validation loss, nats/byte (lower is better)")
-    ax.set_title("the same numbers in their units (marker area ∝ memory held)", fontsize=10)
+    ax.set_title("the same numbers in their units (marker area ∝ memory held)", fontsize=11)
     ax.grid(alpha=0.3)
     ax.margins(0.15)
-    ax.legend(fontsize=8, loc="best", markerscale=0.5, labelspacing=1.0)
+    ax.legend(fontsize=9.5, loc="best", markerscale=0.5, labelspacing=1.0)
     if title:
         fig.suptitle(title)
     return fig
