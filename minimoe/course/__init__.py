@@ -4,7 +4,8 @@
   `chNN_topic.py`; what they share in `_common.py`).
 - `minimoe.course.toys`: small models the lessons and checks use (the toy MoE of chapter 01).
 - `minimoe.course.doctor`: the environment doctor (`python -m minimoe doctor`).
-- `minimoe.course.lab`: `make lab`'s workspace and JupyterLab server.
+- `minimoe.course.lab`: `make lab`'s JupyterLab server; `minimoe.course.workspace`: the learner's
+  workspace it serves, filled from the course and kept in step with it.
 
 - `minimoe.course.notebooks`: read and write notebooks, `generate` exercises/ from solutions/,
   the command line.

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minimoe.course import lab
+from minimoe.course import lab, workspace
 from minimoe.course.clean import check_clean
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _notebook(path: Path, *sources: str) -> None:
 @pytest.fixture
 def course(tmp_path: Path) -> Path:
     root = tmp_path / "course"
-    _notebook(root / lab.FIRST_PAGE, "print('start')")
+    _notebook(root / workspace.FIRST_PAGE, "print('start')")
     _notebook(root / "exercises" / "00_start_here.ipynb", "x = 1")
     _notebook(root / "solutions" / "00_start_here.ipynb", "x = 2")
     (root / "docs").mkdir()
@@ -54,7 +54,7 @@ def _run_and_save(path: Path, source: str | None = None, output: str = "out") ->
 
 def test_first_run_copies_the_whole_course(course, tmp_path):
     ws = tmp_path / "ws"
-    report = lab.sync(course, ws)
+    report = workspace.sync(course, ws)
     expected = [
         "notebooks/00_start_here.ipynb",
         "exercises/00_start_here.ipynb",
@@ -63,14 +63,14 @@ def test_first_run_copies_the_whole_course(course, tmp_path):
     ]
     assert sorted(report.added) == sorted(expected)
     for rel in expected:
-        assert lab.fingerprint(ws / rel) == lab.fingerprint(course / rel)
-    assert lab.sync(course, ws).added == []  # a second run has nothing to do
+        assert workspace.fingerprint(ws / rel) == workspace.fingerprint(course / rel)
+    assert workspace.sync(course, ws).added == []  # a second run has nothing to do
 
 
 def test_copies_carry_the_kernel_metadata_so_opening_changes_nothing(course, tmp_path):
     ws = tmp_path / "ws"
-    lab.sync(course, ws)
-    meta = json.loads((ws / lab.FIRST_PAGE).read_text())["metadata"]
+    workspace.sync(course, ws)
+    meta = json.loads((ws / workspace.FIRST_PAGE).read_text())["metadata"]
     info = meta["language_info"]
     assert info["name"] == "python" and info["version"] == ".".join(map(str, sys.version_info[:3]))
     assert "codemirror_mode" in info and meta["kernelspec"]["name"] == "python3"
@@ -83,26 +83,26 @@ def test_copies_carry_the_kernel_metadata_so_opening_changes_nothing(course, tmp
 
 def test_the_learners_work_is_never_overwritten(course, tmp_path):
     ws = tmp_path / "ws"
-    lab.sync(course, ws)
+    workspace.sync(course, ws)
     mine = ws / "exercises" / "00_start_here.ipynb"
     _run_and_save(mine, source="x = 'my answer'")
     _notebook(course / "exercises" / "00_start_here.ipynb", "x = 1  # a newer course")
-    report = lab.sync(course, ws)
+    report = workspace.sync(course, ws)
     assert report.kept == ["exercises/00_start_here.ipynb"] and report.updated == []
     assert "my answer" in mine.read_text()
     assert any("--reset exercises/00_start_here.ipynb" in line for line in report.lines())
-    assert lab.sync(course, ws).kept == ["exercises/00_start_here.ipynb"]  # said again next time
+    assert workspace.sync(course, ws).kept == ["exercises/00_start_here.ipynb"]  # said again next time
 
 
 def test_unchanged_files_follow_the_course_and_new_chapters_appear(course, tmp_path):
     ws = tmp_path / "ws"
-    lab.sync(course, ws)
-    lesson = ws / lab.FIRST_PAGE
+    workspace.sync(course, ws)
+    lesson = ws / workspace.FIRST_PAGE
     _run_and_save(lesson)  # run and saved, but not edited: outputs are not the learner's change
-    _notebook(course / lab.FIRST_PAGE, "print('a clearer start')")
+    _notebook(course / workspace.FIRST_PAGE, "print('a clearer start')")
     _notebook(course / "notebooks" / "01_dense_to_experts.ipynb", "print('new chapter')")
-    report = lab.sync(course, ws)
-    assert report.updated == [lab.FIRST_PAGE]
+    report = workspace.sync(course, ws)
+    assert report.updated == [workspace.FIRST_PAGE]
     assert report.added == ["notebooks/01_dense_to_experts.ipynb"]
     assert "a clearer start" in lesson.read_text()
     assert (ws / "notebooks" / "01_dense_to_experts.ipynb").exists()
@@ -110,40 +110,40 @@ def test_unchanged_files_follow_the_course_and_new_chapters_appear(course, tmp_p
 
 def test_reset_restores_the_shipped_version_and_keeps_a_backup(course, tmp_path):
     ws = tmp_path / "ws"
-    lab.sync(course, ws)
+    workspace.sync(course, ws)
     mine = ws / "exercises" / "00_start_here.ipynb"
     _run_and_save(mine, source="x = 'my answer'")
-    backup = lab.reset(course, ws, "exercises/00_start_here.ipynb")
+    backup = workspace.reset(course, ws, "exercises/00_start_here.ipynb")
     assert backup is not None and backup.parent == ws / "backups" / "exercises"
     assert "my answer" in backup.read_text()
-    assert lab.fingerprint(mine) == lab.fingerprint(course / "exercises" / "00_start_here.ipynb")
-    assert lab.sync(course, ws).kept == []
+    assert workspace.fingerprint(mine) == workspace.fingerprint(course / "exercises" / "00_start_here.ipynb")
+    assert workspace.sync(course, ws).kept == []
     with pytest.raises(ValueError, match="not a file the course ships"):
-        lab.reset(course, ws, "exercises/99_nothing.ipynb")
+        workspace.reset(course, ws, "exercises/99_nothing.ipynb")
 
 
 def test_bad_workspace_or_course_is_a_clear_error(course, tmp_path):
     with pytest.raises(ValueError, match="must not be inside the course's notebooks/"):
-        lab.sync(course, course / "notebooks" / "mine")
+        workspace.sync(course, course / "notebooks" / "mine")
     with pytest.raises(ValueError, match="folder of its own"):
-        lab.sync(course, course)
+        workspace.sync(course, course)
     with pytest.raises(FileNotFoundError, match="00_start_here.ipynb not found"):
-        lab.sync(tmp_path / "empty", tmp_path / "ws")
+        workspace.sync(tmp_path / "empty", tmp_path / "ws")
 
 
 def test_settings_switch_off_the_first_run_prompts_and_keep_the_learners(tmp_path):
-    folder = lab.write_settings(tmp_path)
+    folder = workspace.write_settings(tmp_path)
     news = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     assert json.loads(news.read_text()) == {"fetchNews": "false", "checkForUpdates": False}
     news.write_text('{"fetchNews": "true"}')  # changed by the learner in Settings
-    lab.write_settings(tmp_path)
+    workspace.write_settings(tmp_path)
     assert news.read_text() == '{"fetchNews": "true"}'
 
 
 def test_server_uses_the_workspace_and_only_its_own_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     srv = lab.server(tmp_path / "ws", 8899, "abc")
-    assert srv.url == f"http://localhost:8899/lab/tree/{lab.FIRST_PAGE}?token=abc"
+    assert srv.url == f"http://localhost:8899/lab/tree/{workspace.FIRST_PAGE}?token=abc"
     assert f"--ServerApp.root_dir={(tmp_path / 'ws').resolve()}" in srv.command
     assert "--ContentsManager.pre_save_hook=minimoe.course.lab.strip_widget_views" in srv.command
     assert srv.env["JUPYTERLAB_SETTINGS_DIR"].startswith(str((tmp_path / "ws").resolve()))
@@ -195,7 +195,7 @@ def test_prepare_only_from_the_command_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "copied" in done.stdout and "jupyterlab" in done.stdout
-    assert (ws / lab.FIRST_PAGE).exists() and (ws / "exercises").is_dir()
+    assert (ws / workspace.FIRST_PAGE).exists() and (ws / "exercises").is_dir()
     assert check_clean([ROOT / "notebooks", ROOT / "exercises", ROOT / "solutions"]) == []
 
 
@@ -225,10 +225,10 @@ def test_the_command_prints_a_working_url_and_stops_its_server(tmp_path):
                     break
                 time.sleep(0.5)
             assert url, (tmp_path / "log.txt").read_text()[-2000:]
-            assert url.startswith(f"http://localhost:{port}/lab/tree/{lab.FIRST_PAGE}?token=")
+            assert url.startswith(f"http://localhost:{port}/lab/tree/{workspace.FIRST_PAGE}?token=")
             token = url.split("token=")[1]
             page = urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/contents/{lab.FIRST_PAGE}?token={token}", timeout=10
+                f"http://127.0.0.1:{port}/api/contents/{workspace.FIRST_PAGE}?token={token}", timeout=10
             )
             assert json.load(page)["type"] == "notebook"
         finally:
@@ -248,7 +248,7 @@ def test_the_grader_grades_notebooks_from_the_workspace(tmp_path):
     """The instructor's grader on a learner's workspace copy: the shipped warm-up scores 0, the
     same copy with the warm-up solved (and run, with the kernel metadata it carries) scores 1."""
     ws = tmp_path / "ws"
-    lab.sync(ROOT, ws)
+    workspace.sync(ROOT, ws)
     solved = ws / "exercises" / "00_start_here.ipynb"
     answer = next(
         c
