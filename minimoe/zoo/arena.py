@@ -51,6 +51,9 @@ LM_ROUTERS = ROUTERS
 COLLAPSE_ROUTERS = tuple(r for r in ROUTERS if r not in ("hash", "expert_choice_causal"))
 # the capacity a rerouting layer works under (the other routers are dropless or balanced)
 REROUTE_CAPACITY = {"capacity_formula": "megatron", "capacity_factor": 1.0}
+# PEER in the LM task at the paper's head count (arXiv 2407.04153: h = 8 heads of k = 16) over
+# 32 x 32 = 1024 singleton experts: h * k = 128 hidden neurons per token, as top-2 of F = 64.
+PEER_LM = {"n_experts": 1024, "top_k": 16, "router_options": {"heads": 8}}
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class ArenaConfig:
 def _lm_config(router: str, seq_len: int):
     from minimoe.lm.model import LMConfig
 
-    extra = REROUTE_CAPACITY if router == "reroute" else {}
+    extra = {"reroute": REROUTE_CAPACITY, "peer": PEER_LM}.get(router, {})
     return LMConfig(seq_len=seq_len, router=router, **extra)
 
 

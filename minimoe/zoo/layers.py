@@ -23,6 +23,7 @@ Every layer returns (y, result) with result.aux_loss, result.z_loss and result.s
 | recurrent           | `RecurrentRouterLayer` | Qiu et al. 2024, arXiv 2408.06793 |
 | reroute             | `RerouteLayer`         | capacity overflow moved, not dropped |
 | topk_warmup         | `TopKWarmupLayer`      | K annealed from E to the target |
+| peer                | `PEERLayer`            | He 2024, arXiv 2407.04153 (product keys, Lample et al. 2019) |
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from minimoe.validate import check_choice, check_int
 from minimoe.zoo.expert_choice import ExpertChoiceLayer
 from minimoe.zoo.fine_grained import FineGrainedLayer
 from minimoe.zoo.hash import HashLayer
+from minimoe.zoo.peer import PEERLayer
 from minimoe.zoo.recurrent import RecurrentRouterLayer
 from minimoe.zoo.reroute import RerouteLayer
 from minimoe.zoo.residual import ResidualMoELayer, pyramid_experts
@@ -55,6 +57,7 @@ ROUTERS = (
     "recurrent",
     "reroute",
     "topk_warmup",
+    "peer",
 )
 
 
@@ -116,6 +119,8 @@ def make_moe_layer(
         if cfg.capacity_formula == "dropless":
             cfg = cfg.replace(capacity_formula="megatron", capacity_factor=1.0)
         return RerouteLayer(cfg, experts_fn=experts_fn, **kw)
+    if router == "peer":
+        return PEERLayer(cfg, **kw)
     return TopKWarmupLayer(cfg, experts_fn=experts_fn, **kw)
 
 

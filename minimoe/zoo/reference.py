@@ -159,3 +159,31 @@ def reroute_loop(probs_TE, expert_TK, capacity: int):
                     held[t].add(e)
                     pending.discard((t, k))
     return torch.tensor(final, dtype=torch.int64).view(T, K), torch.tensor(keep).view(T, K)
+
+
+def peer_loop(x_TD, w_query_QD, rows_ND, cols_ND, heads: int, top_k: int, params: ExpertParams):
+    """PEER (arXiv 2407.04153) in float64, one token and one head at a time, scoring all E = n1 * n2
+    experts exhaustively (expert i * n2 + j has the key [row_i ; col_j]): the top-K by score, a
+    softmax over those K scores, and the heads' outputs summed."""
+    T, D = x_TD.shape
+    n1, n2 = rows_ND.shape[0], cols_ND.shape[0]
+    d_key = w_query_QD.shape[0] // heads
+    half = d_key // 2
+    W = w_query_QD.double()
+    y = []
+    for t in range(T):
+        x = x_TD[t].double()
+        out = torch.zeros(D, dtype=torch.float64)
+        for h in range(heads):
+            q = W[h * d_key : (h + 1) * d_key] @ x
+            scores = []
+            for i in range(n1):
+                for j in range(n2):
+                    s = q[:half] @ rows_ND[i].double() + q[half:] @ cols_ND[j].double()
+                    scores.append((s, i * n2 + j))
+            best = sorted(scores, key=lambda pair: float(pair[0].detach()), reverse=True)[:top_k]
+            weights = torch.softmax(torch.stack([s for s, _ in best]), dim=0)
+            for w, (_, e) in zip(weights, best, strict=True):
+                out = out + w * _ffn64(x, params, e)
+        y.append(out)
+    return torch.stack(y) if y else torch.zeros(0, D, dtype=torch.float64)

@@ -17,6 +17,8 @@ SMALL = dict(seq_len=16, d_model=16, n_layers=2, n_heads=2, n_experts=4, top_k=2
 
 def _cfg(router):
     extra = {"capacity_formula": "megatron", "capacity_factor": 1.0} if router == "reroute" else {}
+    if router == "peer":  # h * K = 2 of 4 experts (its default h = F = 16 heads would reach all 4)
+        extra = {"router_options": {"heads": 1}}
     return LMConfig(router=router, **SMALL, **extra)
 
 
