@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 LM_ROUTERS = ROUTERS
-COLLAPSE_ROUTERS = tuple(r for r in ROUTERS if r not in ("hash", "expert_choice_causal"))
+# Left out of the collapse task: hash and per-position expert choice need token ids and
+# sequences, which it has not; PEER's point is many tiny experts, and the task's 8 experts would
+# make it a dense layer of 8 hidden neurons (every expert retrieved by every token).
+COLLAPSE_ROUTERS = tuple(r for r in ROUTERS if r not in ("hash", "expert_choice_causal", "peer"))
 # the capacity a rerouting layer works under (the other routers are dropless or balanced)
 REROUTE_CAPACITY = {"capacity_formula": "megatron", "capacity_factor": 1.0}
 # PEER in the LM task at the paper's head count (arXiv 2407.04153: h = 8 heads of k = 16) over

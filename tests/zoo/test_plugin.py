@@ -84,7 +84,8 @@ def test_train_calls_the_warmup_hook(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "router", [r for r in ROUTERS if r not in ("hash", "expert_choice_causal")]
-)  # the collapse task has neither token ids (hash) nor sequences (per-position groups)
+)  # the collapse task has neither token ids (hash) nor sequences (per-position groups); PEER
+# plugs in (this test) though the arena leaves it out of this task
 def test_collapse_lab_runs_every_router(router):
     res = run_setting(Setting(router, router=router), steps=3, record=True)
     assert len(res.train_loss_H) == 3 and res.final["val_loss"] > 0
