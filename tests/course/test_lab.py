@@ -91,7 +91,9 @@ def test_the_learners_work_is_never_overwritten(course, tmp_path):
     assert report.kept == ["exercises/00_start_here.ipynb"] and report.updated == []
     assert "my answer" in mine.read_text()
     assert any("--reset exercises/00_start_here.ipynb" in line for line in report.lines())
-    assert workspace.sync(course, ws).kept == ["exercises/00_start_here.ipynb"]  # said again next time
+    assert workspace.sync(course, ws).kept == [
+        "exercises/00_start_here.ipynb"
+    ]  # said again next time
 
 
 def test_unchanged_files_follow_the_course_and_new_chapters_appear(course, tmp_path):
@@ -116,7 +118,9 @@ def test_reset_restores_the_shipped_version_and_keeps_a_backup(course, tmp_path)
     backup = workspace.reset(course, ws, "exercises/00_start_here.ipynb")
     assert backup is not None and backup.parent == ws / "backups" / "exercises"
     assert "my answer" in backup.read_text()
-    assert workspace.fingerprint(mine) == workspace.fingerprint(course / "exercises" / "00_start_here.ipynb")
+    assert workspace.fingerprint(mine) == workspace.fingerprint(
+        course / "exercises" / "00_start_here.ipynb"
+    )
     assert workspace.sync(course, ws).kept == []
     with pytest.raises(ValueError, match="not a file the course ships"):
         workspace.reset(course, ws, "exercises/99_nothing.ipynb")
@@ -228,7 +232,8 @@ def test_the_command_prints_a_working_url_and_stops_its_server(tmp_path):
             assert url.startswith(f"http://localhost:{port}/lab/tree/{workspace.FIRST_PAGE}?token=")
             token = url.split("token=")[1]
             page = urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/contents/{workspace.FIRST_PAGE}?token={token}", timeout=10
+                f"http://127.0.0.1:{port}/api/contents/{workspace.FIRST_PAGE}?token={token}",
+                timeout=10,
             )
             assert json.load(page)["type"] == "notebook"
         finally:
