@@ -41,10 +41,9 @@ import torch
 from minimoe.lm.data import Corpus, build_corpus
 from minimoe.lm.model import LMConfig, TinyLM, count_params, dense_twin
 from minimoe.lm.train import TrainConfig, evaluate, train
+from minimoe.serving.cache import LRUCache
 from minimoe.serving.generate import generate
 from minimoe.serving.offload import OffloadedLM
-from minimoe.serving.simulate import build_policy
-from minimoe.serving.trace import RoutingTrace
 from minimoe.validate import check_int
 
 __all__ = [
@@ -182,16 +181,14 @@ class TriangleRow:
         return asdict(self)
 
 
-def _decode_once(contender: Contender, model: TinyLM, n_new: int, workdir: Path, run: int):
-    """One greedy generation: (GenerationResult, hit rate or None). An offloaded run starts cold."""
+def _decoder(contender: Contender, model: TinyLM, workdir: Path):
+    """(decode, hit_rate): a function that runs one greedy generation, built outside the timed
+    region (an offloaded runtime writes its experts' files first), and its hit rate afterwards
+    (None when resident). Each offloaded decoder starts with a cold cache."""
     if contender.cache_experts is None:
-        return generate(model, PROMPT, n_new, temperature=0.0, prefill="token"), None
-    # LRU reads no future; build_policy takes a trace only for the model's shape.
-    shape = RoutingTrace(model.cfg.n_experts, model.cfg.n_moe_layers, model.cfg.top_k)
-    runtime = OffloadedLM(
-        model, workdir / f"offloaded_{run}", build_policy("lru", contender.cache_experts, shape)
-    )
-    return runtime.generate(PROMPT, n_new, temperature=0.0), runtime.hit_rate
+        return lambda n_new: generate(model, PROMPT, n_new, temperature=0.0, prefill="token"), None
+    runtime = OffloadedLM(model, workdir, LRUCache(contender.cache_experts))
+    return lambda n_new: runtime.generate(PROMPT, n_new, temperature=0.0), lambda: runtime.hit_rate
 
 
 def measure_triangle(
@@ -252,14 +249,13 @@ def measure_triangle(
     with tempfile.TemporaryDirectory(prefix="minimoe_triangle_") as tmp:
         runs = [(r, i) for r in range(repeats) for i in range(len(entries))]
         for r, i in tqdm(runs, desc="decoding", disable=not progress):
+            decode, hit_rate = _decoder(entries[i], models[i], Path(tmp) / f"run_{r}_{i}")
             cpu_start = time.process_time()
-            out, hit_rate = _decode_once(
-                entries[i], models[i], n_new, Path(tmp), r * len(entries) + i
-            )
+            out = decode(n_new)
             cpu_s = time.process_time() - cpu_start
             speeds[i].append(len(out.new) / cpu_s if cpu_s > 0 else float("inf"))
             wall_speeds[i].append(out.tokens_per_s)
-            hit_rates[i] = hit_rate
+            hit_rates[i] = None if hit_rate is None else hit_rate()
             texts[i] = out.new
 
     rows = []
